@@ -1,0 +1,1 @@
+"""ctrjax: CTR prediction research framework on JAX/Flax."""

@@ -1,0 +1,79 @@
+"""Opening a prepared dataset directory: memory-mapped columns, validated against schema.json."""
+from __future__ import annotations
+
+import functools
+import json
+import pathlib
+
+import numpy as np
+
+from ctrjax.data.schema import SPLITS, Schema, SchemaError
+
+_CHUNK = 1 << 20
+
+
+class Dataset:
+  """A prepared dataset: ``schema``, ``stats``, per-split memmapped columns and per-table id counts."""
+
+  def __init__(self, path: str | pathlib.Path, validate: bool = True):
+    self.path = pathlib.Path(path)
+    if not (self.path / "stats.json").is_file():
+      raise SchemaError(f"{self.path}: not a complete ctrjax dataset (no stats.json; "
+                        f"was the prep interrupted? rerun it)")
+    self.schema = Schema.load(self.path / "schema.json")
+    self.stats = json.loads((self.path / "stats.json").read_text())
+    self.columns = {s: {f.name: self._open(s, f) for f in self.schema.fields} for s in SPLITS}
+    if validate:
+      self.validate()
+
+  def _open(self, split, field):
+    p = self.path / split / f"{field.name}.npy"
+    if not p.is_file():
+      raise SchemaError(f"{self.path}: field {field.name!r}, split {split!r}: column file {p.name} is missing")
+    try:
+      return np.load(p, mmap_mode="r")
+    except ValueError as e:
+      raise SchemaError(f"{p}: field {field.name!r}, split {split!r}: unreadable .npy ({e})") from None
+
+  def num_rows(self, split: str) -> int:
+    return len(self.columns[split][self.schema.label.name])
+
+  @functools.cached_property
+  def counts(self) -> dict[str, np.ndarray]:
+    """Table -> occurrences of each id in the training split (for mini-batch-aware L2)."""
+    out = {}
+    for table, size in self.schema.tables.items():
+      p = self.path / "counts" / f"{table}.npy"
+      if not p.is_file():
+        raise SchemaError(f"{self.path}: counts for table {table!r} missing ({p})")
+      c = np.load(p)
+      if c.shape != (size,):
+        raise SchemaError(f"{p}: counts shape {c.shape} != (vocab_size={size},)")
+      out[table] = c
+    return out
+
+  def validate(self) -> None:
+    """Checks dtype, shape, row counts and id ranges of every column; raises SchemaError naming the culprit."""
+    for split in SPLITS:
+      n = self.num_rows(split)
+      for f in self.schema.fields:
+        col = self.columns[split][f.name]
+        where = f"{self.path}: field {f.name!r}, split {split!r}"
+        if col.dtype != np.dtype(f.dtype):
+          raise SchemaError(f"{where}: dtype {col.dtype} != schema dtype {f.dtype}")
+        if col.shape[1:] != f.shape:
+          raise SchemaError(f"{where}: per-row shape {col.shape[1:]} != schema shape {f.shape}")
+        if len(col) != n:
+          raise SchemaError(f"{where}: {len(col)} rows but the label column has {n}")
+        for start in range(0, n, _CHUNK):
+          chunk = np.asarray(col[start:start + _CHUNK])
+          if f.has_ids and chunk.size:
+            bad = (chunk < 0) | (chunk >= f.vocab_size)
+            if bad.any():
+              row = start + int(np.argwhere(bad)[0][0])
+              raise SchemaError(f"{where}: id {int(chunk[tuple(np.argwhere(bad)[0])])} at row {row} "
+                                f"outside [0, vocab_size={f.vocab_size})")
+          if np.issubdtype(chunk.dtype, np.floating) and not np.isfinite(chunk).all():
+            row = start + int(np.argwhere(~np.isfinite(chunk))[0][0])
+            raise SchemaError(f"{where}: non-finite value at row {row}")
+    self.counts  # noqa: B018 -- loads and checks the count files
