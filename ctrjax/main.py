@@ -1,0 +1,64 @@
+"""Command line: ``python -m ctrjax.main run --config=FILE[:ARG] [--config.key=value]`` or
+``python -m ctrjax.main eval WORKDIR`` (see run.sh, which wraps both).
+
+Multi-process (one process per host, e.g. on a GPU cluster): pass --coordinator_address,
+--num_processes and --process_id (or nothing on SLURM/TPU, where jax.distributed detects them)
+together with --distributed.
+"""
+import json
+import pathlib
+import re
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:arg].", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: config.workdir or workdirs/<config>).")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize().")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+
+
+def _default_workdir(config_arg: str) -> pathlib.Path:
+  path, _, arg = config_arg.partition(":")
+  name = pathlib.Path(path).stem + (f"_{re.sub(r'[^A-Za-z0-9=.,-]+', '_', arg)}" if arg else "")
+  return pathlib.Path("workdirs") / name
+
+
+def main(argv):
+  import jax
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+  jax.config.update("jax_compilation_cache_dir", str(pathlib.Path(".jax_cache").absolute()))
+  from ctrjax.train import trainer
+  command = argv[1] if len(argv) > 1 else ""
+  if command == "eval":
+    if len(argv) != 3:
+      raise app.UsageError("usage: eval WORKDIR")
+    out = trainer.evaluate_workdir(argv[2])
+    logged = json.loads((pathlib.Path(argv[2]) / "result.json").read_text())["test"]
+    for k in ("auc", "gauc", "logloss"):
+      if k in out["test"]:
+        print(f"test {k}: {out['test'][k]:.6f}  (logged {logged.get(k, float('nan')):.6f})")
+    return
+  if command != "run":
+    raise app.UsageError(f"unknown command {command!r}; use 'run' or 'eval'")
+  config = _CONFIG.value
+  if config is None:
+    raise app.UsageError("run needs --config=FILE[:ARG]")
+  workdir = _WORKDIR.value or config.workdir or _default_workdir(config_flags.get_config_filename(flags.FLAGS["config"]))
+  if jax.process_index() == 0:
+    print(f"workdir {workdir}; devices {jax.device_count()} ({jax.devices()[0].platform}), "
+          f"processes {jax.process_count()}", flush=True)
+  try:
+    trainer.train_and_evaluate(config, workdir)
+  except trainer.TrainingDiverged as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)

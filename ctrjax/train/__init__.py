@@ -1,0 +1,1 @@
+"""Training: the pure train step, sharding over a device mesh, checkpoints and the epoch loop."""

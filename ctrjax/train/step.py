@@ -1,0 +1,99 @@
+"""TrainState, optimizer, and the pure jitted steps ``(state, batch, rng) -> (state, metrics)``."""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax.training import train_state
+
+from ctrjax.train import mesh as mesh_lib
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any = None
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Adam (optionally clipped by global norm); the learning rate lives in the optimizer state
+  (inject_hyperparams) so decay-on-plateau can change it and checkpoints keep it."""
+  if cfg.name != "adam":
+    raise ValueError(f"config.optimizer.name={cfg.name!r}; supported: 'adam'")
+
+  def build(learning_rate):
+    adam = optax.adam(learning_rate, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+    if cfg.grad_clip_norm > 0:
+      return optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), adam)
+    return adam
+
+  return optax.inject_hyperparams(build)(learning_rate=cfg.learning_rate)
+
+
+def learning_rate(state: TrainState) -> float:
+  return float(state.opt_state.hyperparams["learning_rate"])
+
+
+def with_learning_rate(state: TrainState, lr: float) -> TrainState:
+  old = state.opt_state.hyperparams["learning_rate"]
+  new = jax.device_put(jnp.asarray(lr, old.dtype), old.sharding)
+  return state.replace(opt_state=state.opt_state._replace(
+      hyperparams={**state.opt_state.hyperparams, "learning_rate": new}))
+
+
+def device_batch(batch: dict) -> dict:
+  """The part of a loader batch the model needs on device (meta stays on the host, but its weight)."""
+  out = {k: v for k, v in batch.items() if k != "meta"}
+  out["weight"] = batch["meta"]["weight"]
+  return out
+
+
+def create_train_state(model: nn.Module, tx, sample_batch: dict, rng: jax.Array, mesh) -> TrainState:
+  """Initialises parameters inside jit, directly replicated over the mesh."""
+  def init(rng):
+    params_rng, dropout_rng = jax.random.split(rng)
+    variables = model.init({"params": params_rng, "dropout": dropout_rng}, sample_batch, train=False)
+    return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                             batch_stats=variables.get("batch_stats", {}))
+  state = jax.jit(init, out_shardings=mesh_lib.replicated(mesh))(rng)
+  return state.replace(step=jax.device_put(jnp.asarray(state.step, jnp.int32), mesh_lib.replicated(mesh)))
+
+
+def weighted_bce(logit: jax.Array, label: jax.Array, weight: jax.Array) -> jax.Array:
+  """Mean binary cross-entropy over rows with weight > 0 (the padding of a last batch has 0)."""
+  per_row = optax.sigmoid_binary_cross_entropy(logit, label)
+  return jnp.sum(per_row * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+def _variables(state: TrainState, params) -> dict:
+  return {"params": params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
+
+
+def train_step(state: TrainState, batch: dict, rng: jax.Array) -> tuple[TrainState, dict]:
+  """One optimisation step on a global batch; dropout keys fold in the step, so the stream of
+  keys is a function of (seed, step) alone (exact resume, same result on any device count)."""
+  rng = jax.random.fold_in(rng, state.step)
+
+  def loss_fn(params):
+    out, updates = state.apply_fn(_variables(state, params), batch, train=True,
+                                  rngs={"dropout": rng}, mutable=["batch_stats"])
+    return weighted_bce(out["logit"], batch["label"], batch["weight"]), updates
+
+  (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats))
+  return state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+
+
+def predict_step(state: TrainState, batch: dict) -> jax.Array:
+  out = state.apply_fn(_variables(state, state.params), batch, train=False)
+  return jax.nn.sigmoid(out["logit"])
+
+
+def jit_steps(mesh):
+  """The jitted train (state donated) and predict steps, outputs replicated."""
+  repl = mesh_lib.replicated(mesh)
+  train = jax.jit(train_step, donate_argnums=0, out_shardings=(repl, repl))
+  predict = jax.jit(predict_step, out_shardings=repl)
+  return train, predict

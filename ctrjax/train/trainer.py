@@ -1,0 +1,256 @@
+"""``train_and_evaluate(config, workdir)``: the epoch loop around the pure train step.
+
+Read top to bottom: set up -> data -> model & optimizer -> resume -> train loop (evaluate on
+validation every epoch, early stopping, optional LR decay on plateau) -> reload the best
+checkpoint -> test evaluation -> result.json.
+
+Fault tolerance: a checkpoint every ``checkpoint_every_steps`` and at each epoch end; a workdir
+that holds one resumes exactly (params, optimizer, step, RNG, data position, early-stopping
+state and the metric history, from which metrics.jsonl is rewritten).
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+from tensorboardX import SummaryWriter
+
+from ctrjax import metrics as metrics_lib
+from ctrjax.data import loader, prepare_dataset
+from ctrjax.data.dataset import Dataset
+from ctrjax.models import get_model
+from ctrjax.train import mesh as mesh_lib
+from ctrjax.train import step as step_lib
+from ctrjax.train.checkpoint import Checkpointer
+
+# Config fields that may differ between a run and its resumption.
+_RESUME_FREE = ("workdir", "debug", "log_every_steps", "loader", "progress_bar")
+
+
+class TrainingDiverged(RuntimeError):
+  """The loss became NaN/Inf; the message names the step and the last finite metrics."""
+
+
+def _is_main() -> bool:
+  return jax.process_index() == 0
+
+
+def _comparable(cfg: dict) -> dict:
+  """The resume-relevant part of a config, as JSON sees it (tuples and lists compare equal)."""
+  return json.loads(json.dumps({k: v for k, v in cfg.items() if k not in _RESUME_FREE}))
+
+
+def _check_same_config(saved: dict, current: dict, workdir: pathlib.Path):
+  saved, current = _comparable(saved), _comparable(current)
+  if saved != current:
+    keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    raise ValueError(f"{workdir} holds a run with a different config (differs in {keys}); "
+                     f"use another --workdir or delete it to start over")
+
+
+class _Setup:
+  """Everything a run and a later re-evaluation share: dataset, mesh, model, steps."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.config = config
+    self.dataset_path = prepare_dataset(config.dataset)
+    self.dataset = Dataset(self.dataset_path, validate=config.dataset.validate)
+    self.mesh = mesh_lib.make_mesh(config.num_devices)
+    self.model = get_model(config.model_name)(schema=self.dataset.schema, **config.model)
+    self.tx = step_lib.make_optimizer(config.optimizer)
+    self.train_step, self.predict = step_lib.jit_steps(self.mesh)
+    self.rng = jax.device_put(jax.random.PRNGKey(config.seed), mesh_lib.replicated(self.mesh))
+
+  def source(self, split: str, train: bool) -> loader.EpochBatchSource:
+    c = self.config
+    return loader.EpochBatchSource(
+        self.dataset_path, split, c.batch_size if train else c.eval_batch_size, seed=c.seed,
+        num_epochs=c.num_epochs if train else 1, shuffle=train, drop_remainder=train,
+        process_index=jax.process_index(), process_count=jax.process_count())
+
+  def init_state(self, sample_local_batch) -> step_lib.TrainState:
+    sample = mesh_lib.to_global(step_lib.device_batch(sample_local_batch), self.mesh)
+    init_rng = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), 1)
+    return step_lib.create_train_state(self.model, self.tx, sample, init_rng, self.mesh)
+
+  def evaluate(self, state, split: str) -> dict:
+    """Exact metrics over every row of ``split`` (last batch padded with weight 0)."""
+    src = self.source(split, train=False)
+    probs = []
+    for batch in loader.make_iterator(src, **self.config.loader):
+      probs.append(self.predict(state, mesh_lib.to_global(step_lib.device_batch(batch), self.mesh)))
+    n = src.num_rows
+    probs = np.concatenate(jax.device_get(probs)).astype(np.float64)[:n]
+    cols = self.dataset.columns[split]
+    group_field = self.config.gauc_group
+    groups = np.asarray(cols[group_field]) if group_field in cols else None
+    return metrics_lib.evaluate(np.asarray(cols[self.dataset.schema.label.name]), probs, groups)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
+  workdir = pathlib.Path(workdir)
+  main = _is_main()
+  # --- Set up ---------------------------------------------------------------------------------
+  setup = _Setup(config)
+  cfg_dict = config.to_dict()
+  if main:
+    workdir.mkdir(parents=True, exist_ok=True)
+  es = config.early_stopping
+  ckpt = Checkpointer(workdir / "checkpoints", es.metric, es.mode)
+
+  # --- Data -----------------------------------------------------------------------------------
+  train_src = setup.source("train", train=True)
+  steps_per_epoch = train_src.batches_per_epoch
+  total_steps = steps_per_epoch * config.num_epochs
+  train_iter = loader.make_iterator(train_src, **config.loader)
+
+  # --- Model & optimizer ----------------------------------------------------------------------
+  state = setup.init_state(train_src[0])
+  rng = setup.rng
+  progress = {"step": 0, "history": [], "best": None, "best_epoch": None, "bad_epochs": 0,
+              "epoch_loss_sum": 0.0, "epoch_loss_count": 0, "stopped": None, "config": cfg_dict}
+
+  # --- Resume ---------------------------------------------------------------------------------
+  resumed_from = ckpt.latest_step()
+  if resumed_from is not None:
+    _check_same_config(ckpt.read_progress(resumed_from)["config"], cfg_dict, workdir)
+    state, rng, progress = ckpt.restore(resumed_from, state, rng, train_iter)
+    if main:
+      print(f"resumed from step {resumed_from} (epoch {resumed_from / steps_per_epoch:.2f})", flush=True)
+  if main:
+    (workdir / "config.json").write_text(json.dumps(cfg_dict, indent=1) + "\n")
+    with open(workdir / "metrics.jsonl", "w") as fh:
+      fh.writelines(json.dumps(h) + "\n" for h in progress["history"])
+  writer = SummaryWriter(str(workdir / "tb")) if main else None
+
+  # --- Train loop -----------------------------------------------------------------------------
+  step = int(progress["step"])
+  pending: list[tuple[int, dict]] = []      # device metrics not yet read back (no per-step sync)
+  last_finite: dict = {}
+  bar = tqdm.tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True,
+                  disable=not (main and config.progress_bar), desc=f"{config.model_name}")
+  t_epoch, t_log, step_log = time.time(), time.time(), step
+
+  def flush():
+    """Reads back pending step metrics; raises TrainingDiverged at the first non-finite loss."""
+    nonlocal last_finite
+    for s, m in jax.device_get(pending):
+      loss = float(m["loss"])
+      if not np.isfinite(loss):
+        raise TrainingDiverged(
+            f"loss became {loss} at step {s} (epoch {s // steps_per_epoch + 1}); last finite "
+            f"metrics: {last_finite or 'none'}; the last good checkpoint is kept in "
+            f"{workdir / 'checkpoints'} (step {ckpt.latest_step()})")
+      last_finite = {"step": s, **{k: float(v) for k, v in m.items()}}
+      progress["epoch_loss_sum"] += loss
+      progress["epoch_loss_count"] += 1
+    pending.clear()
+
+  def save(metrics=None):
+    flush()
+    progress["step"] = step
+    ckpt.save(step, state, rng, progress, train_iter, metrics)
+
+  while step < total_steps and progress["stopped"] is None:
+    batch = mesh_lib.to_global(step_lib.device_batch(next(train_iter)), setup.mesh)
+    state, step_metrics = setup.train_step(state, batch, rng)
+    step += 1
+    pending.append((step, step_metrics))
+    if step == config.debug.kill_at_step:          # fault injection for the resume tests
+      ckpt.wait()
+      os.kill(os.getpid(), signal.SIGKILL)
+    if step % config.log_every_steps == 0:
+      flush()
+      rate = (step - step_log) * config.batch_size / max(time.time() - t_log, 1e-9)
+      t_log, step_log = time.time(), step
+      bar.update(step - bar.n)
+      bar.set_postfix(loss=f"{last_finite['loss']:.4f}", samples_per_s=f"{rate:,.0f}")
+      if writer:
+        writer.add_scalar("train/loss", last_finite["loss"], step)
+        writer.add_scalar("train/samples_per_s", rate, step)
+    if step % steps_per_epoch:
+      if step % config.checkpoint_every_steps == 0:
+        save()
+      continue
+
+    # --- End of epoch: validate, early stopping, checkpoint --------------------------------------
+    flush()
+    bar.update(step - bar.n)
+    epoch = step // steps_per_epoch
+    valid = setup.evaluate(state, "valid")
+    record = {"epoch": epoch, "step": step,
+              "train_loss": progress["epoch_loss_sum"] / max(progress["epoch_loss_count"], 1),
+              **{f"valid_{k}": v for k, v in valid.items()},
+              "learning_rate": step_lib.learning_rate(state),
+              "seconds": time.time() - t_epoch}
+    value = valid[es.metric]
+    improved = progress["best"] is None or (value > progress["best"] if es.mode == "max"
+                                            else value < progress["best"])
+    if improved:
+      progress.update(best=value, best_epoch=epoch, bad_epochs=0)
+    else:
+      progress["bad_epochs"] += 1
+      if config.lr_decay_on_plateau < 1.0:
+        state = step_lib.with_learning_rate(
+            state, step_lib.learning_rate(state) * config.lr_decay_on_plateau)
+      if progress["bad_epochs"] >= es.patience:
+        progress["stopped"] = f"early stopping after epoch {epoch}: valid {es.metric} did not improve for {es.patience} epochs"
+    progress["history"].append(record)
+    progress["epoch_loss_sum"], progress["epoch_loss_count"] = 0.0, 0
+    if main:
+      with open(workdir / "metrics.jsonl", "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+      for k, v in valid.items():
+        writer.add_scalar(f"valid/{k}", v, step)
+      tqdm.tqdm.write(f"epoch {epoch}: train_loss {record['train_loss']:.4f}  " + "  ".join(
+          f"valid_{k} {valid[k]:.4f}" for k in ("auc", "gauc", "logloss") if k in valid)
+          + ("  *" if improved else ""))
+    save({es.metric: value})
+    t_epoch = time.time()
+  bar.close()
+  ckpt.wait()
+
+  # --- Test with the best checkpoint ----------------------------------------------------------
+  best_step = ckpt.best_step()
+  state, _, best_progress = ckpt.restore(best_step, state, rng)
+  result = {
+      "model": config.model_name, "dataset": str(setup.dataset_path), "seed": config.seed,
+      "best_step": best_step, "best_epoch": best_progress["best_epoch"],
+      "epochs_run": len(progress["history"]), "stopped": progress["stopped"] or "max epochs",
+      "valid": setup.evaluate(state, "valid"), "test": setup.evaluate(state, "test"),
+      "resumed_from_step": resumed_from,
+      "parameters": int(sum(x.size for x in jax.tree.leaves(state.params))),
+  }
+  ckpt.close()
+  if main:
+    (workdir / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+    writer.close()
+    t = result["test"]
+    print(f"test: auc {t['auc']:.4f}  gauc {t.get('gauc', float('nan')):.4f}  "
+          f"logloss {t['logloss']:.4f}  (best epoch {result['best_epoch']}, {workdir})", flush=True)
+  return result
+
+
+def evaluate_workdir(workdir: str | os.PathLike) -> dict:
+  """Reloads the best checkpoint of a finished run and re-evaluates test (and valid)."""
+  workdir = pathlib.Path(workdir)
+  if not (workdir / "config.json").is_file():
+    raise FileNotFoundError(f"{workdir}: no config.json (not a ctrjax workdir)")
+  config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+  setup = _Setup(config)
+  ckpt = Checkpointer(workdir / "checkpoints", config.early_stopping.metric, config.early_stopping.mode)
+  best = ckpt.best_step()
+  if best is None:
+    raise FileNotFoundError(f"{workdir}: no checkpoint with validation metrics yet")
+  train_src = setup.source("train", train=True)
+  state, _, progress = ckpt.restore(best, setup.init_state(train_src[0]), setup.rng)
+  ckpt.close()
+  return {"best_step": best, "best_epoch": progress["best_epoch"],
+          "valid": setup.evaluate(state, "valid"), "test": setup.evaluate(state, "test")}
