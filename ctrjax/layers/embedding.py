@@ -13,13 +13,14 @@ MODEL_GROUPS = ("item", "behavior", "user", "context")
 
 
 def masked_sum(x: jax.Array, mask: jax.Array, axis: int) -> jax.Array:
-  """Sum of ``x`` over ``axis`` counting only positions where ``mask`` is true."""
-  return jnp.sum(x * mask[..., None].astype(x.dtype), axis=axis)
+  """Sum of ``x`` [..., D] over ``axis`` (an axis of ``mask``, which lacks x's feature axis D),
+  counting only positions where ``mask`` is true."""
+  return jnp.sum(x * mask[..., None].astype(x.dtype), axis=axis % mask.ndim)
 
 
 def masked_mean(x: jax.Array, mask: jax.Array, axis: int) -> jax.Array:
   """Mean over the unmasked positions; 0 (never NaN) when none is unmasked."""
-  count = jnp.sum(mask, axis=axis, keepdims=True).astype(x.dtype)
+  count = jnp.sum(mask, axis=axis % mask.ndim).astype(x.dtype)[..., None]
   return masked_sum(x, mask, axis) / jnp.maximum(count, 1.0)
 
 
@@ -48,7 +49,7 @@ class FeatureEmbedding(nn.Module):
         valid = x != 0
         e = jnp.take(tables[f.table], x, axis=0) * valid[..., None].astype(jnp.float32)
         multi_valued = x.ndim == (3 if f.group == "behavior" else 2)
-        out[f.group][f.name] = masked_mean(e, valid, axis=-2) if multi_valued else e
+        out[f.group][f.name] = masked_mean(e, valid, axis=-1) if multi_valued else e
       else:
         v = self.param(f"numeric_{f.name}", self.embedding_init, (self.dim,))
         out[f.group][f.name] = x.astype(jnp.float32)[..., None] * v

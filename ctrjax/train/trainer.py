@@ -158,64 +158,66 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     progress["step"] = step
     ckpt.save(step, state, rng, progress, train_iter, metrics)
 
-  while step < total_steps and progress["stopped"] is None:
-    batch = mesh_lib.to_global(step_lib.device_batch(next(train_iter)), setup.mesh)
-    state, step_metrics = setup.train_step(state, batch, rng)
-    step += 1
-    pending.append((step, step_metrics))
-    if step == config.debug.kill_at_step:          # fault injection for the resume tests
-      ckpt.wait()
-      os.kill(os.getpid(), signal.SIGKILL)
-    if step % config.log_every_steps == 0:
-      flush()
-      rate = (step - step_log) * config.batch_size / max(time.time() - t_log, 1e-9)
-      t_log, step_log = time.time(), step
-      bar.update(step - bar.n)
-      bar.set_postfix(loss=f"{last_finite['loss']:.4f}", samples_per_s=f"{rate:,.0f}")
-      if writer:
-        writer.add_scalar("train/loss", last_finite["loss"], step)
-        writer.add_scalar("train/samples_per_s", rate, step)
-    if step % steps_per_epoch:
-      if step % config.checkpoint_every_steps == 0:
-        save()
-      continue
+  try:
+    while step < total_steps and progress["stopped"] is None:
+      batch = mesh_lib.to_global(step_lib.device_batch(next(train_iter)), setup.mesh)
+      state, step_metrics = setup.train_step(state, batch, rng)
+      step += 1
+      pending.append((step, step_metrics))
+      if step == config.debug.kill_at_step:          # fault injection for the resume tests
+        ckpt.wait()
+        os.kill(os.getpid(), signal.SIGKILL)
+      if step % config.log_every_steps == 0:
+        flush()
+        rate = (step - step_log) * config.batch_size / max(time.time() - t_log, 1e-9)
+        t_log, step_log = time.time(), step
+        bar.update(step - bar.n)
+        bar.set_postfix(loss=f"{last_finite['loss']:.4f}", samples_per_s=f"{rate:,.0f}")
+        if writer:
+          writer.add_scalar("train/loss", last_finite["loss"], step)
+          writer.add_scalar("train/samples_per_s", rate, step)
+      if step % steps_per_epoch:
+        if step % config.checkpoint_every_steps == 0:
+          save()
+        continue
 
-    # --- End of epoch: validate, early stopping, checkpoint --------------------------------------
-    flush()
-    bar.update(step - bar.n)
-    epoch = step // steps_per_epoch
-    valid = setup.evaluate(state, "valid")
-    record = {"epoch": epoch, "step": step,
-              "train_loss": progress["epoch_loss_sum"] / max(progress["epoch_loss_count"], 1),
-              **{f"valid_{k}": v for k, v in valid.items()},
-              "learning_rate": step_lib.learning_rate(state),
-              "seconds": time.time() - t_epoch}
-    value = valid[es.metric]
-    improved = progress["best"] is None or (value > progress["best"] if es.mode == "max"
-                                            else value < progress["best"])
-    if improved:
-      progress.update(best=value, best_epoch=epoch, bad_epochs=0)
-    else:
-      progress["bad_epochs"] += 1
-      if config.lr_decay_on_plateau < 1.0:
-        state = step_lib.with_learning_rate(
-            state, step_lib.learning_rate(state) * config.lr_decay_on_plateau)
-      if progress["bad_epochs"] >= es.patience:
-        progress["stopped"] = f"early stopping after epoch {epoch}: valid {es.metric} did not improve for {es.patience} epochs"
-    progress["history"].append(record)
-    progress["epoch_loss_sum"], progress["epoch_loss_count"] = 0.0, 0
-    if main:
-      with open(workdir / "metrics.jsonl", "a") as fh:
-        fh.write(json.dumps(record) + "\n")
-      for k, v in valid.items():
-        writer.add_scalar(f"valid/{k}", v, step)
-      tqdm.tqdm.write(f"epoch {epoch}: train_loss {record['train_loss']:.4f}  " + "  ".join(
-          f"valid_{k} {valid[k]:.4f}" for k in ("auc", "gauc", "logloss") if k in valid)
-          + ("  *" if improved else ""))
-    save({es.metric: value})
-    t_epoch = time.time()
-  bar.close()
-  ckpt.wait()
+      # --- End of epoch: validate, early stopping, checkpoint --------------------------------------
+      flush()
+      bar.update(step - bar.n)
+      epoch = step // steps_per_epoch
+      valid = setup.evaluate(state, "valid")
+      record = {"epoch": epoch, "step": step,
+                "train_loss": progress["epoch_loss_sum"] / max(progress["epoch_loss_count"], 1),
+                **{f"valid_{k}": v for k, v in valid.items()},
+                "learning_rate": step_lib.learning_rate(state),
+                "seconds": time.time() - t_epoch}
+      value = valid[es.metric]
+      improved = progress["best"] is None or (value > progress["best"] if es.mode == "max"
+                                              else value < progress["best"])
+      if improved:
+        progress.update(best=value, best_epoch=epoch, bad_epochs=0)
+      else:
+        progress["bad_epochs"] += 1
+        if config.lr_decay_on_plateau < 1.0:
+          state = step_lib.with_learning_rate(
+              state, step_lib.learning_rate(state) * config.lr_decay_on_plateau)
+        if progress["bad_epochs"] >= es.patience:
+          progress["stopped"] = f"early stopping after epoch {epoch}: valid {es.metric} did not improve for {es.patience} epochs"
+      progress["history"].append(record)
+      progress["epoch_loss_sum"], progress["epoch_loss_count"] = 0.0, 0
+      if main:
+        with open(workdir / "metrics.jsonl", "a") as fh:
+          fh.write(json.dumps(record) + "\n")
+        for k, v in valid.items():
+          writer.add_scalar(f"valid/{k}", v, step)
+        tqdm.tqdm.write(f"epoch {epoch}: train_loss {record['train_loss']:.4f}  " + "  ".join(
+            f"valid_{k} {valid[k]:.4f}" for k in ("auc", "gauc", "logloss") if k in valid)
+            + ("  *" if improved else ""))
+      save({es.metric: value})
+      t_epoch = time.time()
+  finally:                                     # a crash still commits the last good save
+    bar.close()
+    ckpt.wait()
 
   # --- Test with the best checkpoint ----------------------------------------------------------
   best_step = ckpt.best_step()

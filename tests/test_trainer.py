@@ -1,0 +1,193 @@
+"""Trainer: single-trace step, 1 vs 4 devices, kill -9 and resume, eval from checkpoint, NaN stop,
+two real processes (jax.distributed over loopback) vs one."""
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import chex
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import base as base_config
+from ctrjax.train import mesh as mesh_lib
+from ctrjax.train import step as step_lib
+from ctrjax.train import trainer
+from data_prep import synthetic
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+  return synthetic.generate(tmp_path_factory.mktemp("syn") / "ds", num_rows=5000, num_items=300,
+                            num_users=100, max_len=8, seed=0)
+
+
+def _config(dataset, **overrides) -> ml_collections.ConfigDict:
+  c = base_config.get_config("quick")
+  c.dataset.name, c.dataset.path = "path", str(dataset)
+  c.model.hidden, c.model.dropout = (32, 16), 0.1
+  c.batch_size, c.eval_batch_size, c.progress_bar = 64, 256, False
+  c.checkpoint_every_steps, c.log_every_steps = 25, 10
+  for k, v in overrides.items():
+    node = c
+    *path, last = k.split(".")
+    for p in path:
+      node = node[p]
+    node[last] = v
+  return c
+
+
+def test_train_step_compiles_once(dataset):
+  setup = trainer._Setup(_config(dataset))
+  src = setup.source("train", train=True)
+  state = setup.init_state(src[0])
+  step = jax.jit(chex.assert_max_traces(step_lib.train_step, n=1), donate_argnums=0)
+  losses = []
+  for i in range(4):
+    state, m = step(state, mesh_lib.to_global(step_lib.device_batch(src[i]), setup.mesh), setup.rng)
+    losses.append(float(m["loss"]))
+  assert int(state.step) == 4 and np.all(np.isfinite(losses))
+
+
+def _trajectory(dataset, num_devices, steps=12):
+  setup = trainer._Setup(_config(dataset, num_devices=num_devices))
+  assert setup.mesh.size == num_devices
+  src = setup.source("train", train=True)
+  state = setup.init_state(src[0])
+  losses = []
+  for i in range(steps):
+    state, m = setup.train_step(state, mesh_lib.to_global(step_lib.device_batch(src[i]), setup.mesh), setup.rng)
+    losses.append(float(m["loss"]))
+  return np.array(losses), jax.device_get(state.params)
+
+
+def test_one_and_four_devices_give_the_same_trajectory(dataset):
+  assert jax.device_count() == 4, "conftest sets 4 simulated CPU devices"
+  losses1, params1 = _trajectory(dataset, 1)
+  losses4, params4 = _trajectory(dataset, 4)
+  assert losses1[-1] < losses1[0]                          # it learns
+  np.testing.assert_allclose(losses1, losses4, atol=1e-5, rtol=0)
+  chex.assert_trees_all_close(params1, params4, atol=1e-5)
+
+
+def _run(dataset, workdir, *extra, env_extra=None, check=True):
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu",
+         **(env_extra or {})}
+  cmd = [sys.executable, "-m", "ctrjax.main", "run", f"--config={REPO}/configs/base.py:quick",
+         "--config.dataset.name=path", f"--config.dataset.path={dataset}", "--config.progress_bar=False",
+         "--config.batch_size=64", "--config.eval_batch_size=256", "--config.model.hidden=(32,16)",
+         "--config.model.dropout=0.1", "--config.checkpoint_every_steps=25", f"--workdir={workdir}", *extra]
+  proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  if check and proc.returncode != 0:
+    raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+  return proc
+
+
+def _metrics(workdir):
+  """metrics.jsonl without wall-clock fields."""
+  lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
+  return [{k: v for k, v in json.loads(l).items() if k != "seconds"} for l in lines]
+
+
+def _result(workdir):
+  r = json.loads((pathlib.Path(workdir) / "result.json").read_text())
+  r.pop("resumed_from_step")
+  return r
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(dataset, tmp_path_factory):
+  wd = tmp_path_factory.mktemp("run") / "full"
+  _run(dataset, wd)
+  return wd
+
+
+def test_kill_minus_9_mid_epoch_and_resume_is_exact(dataset, uninterrupted, tmp_path):
+  steps_per_epoch = 4000 // 64
+  kill_at = steps_per_epoch + 30                               # mid epoch 2, after a save at step 75
+  wd = tmp_path / "killed"
+  proc = _run(dataset, wd, f"--config.debug.kill_at_step={kill_at}", check=False)
+  assert proc.returncode == -9, proc.stderr[-2000:]
+  assert not (wd / "result.json").exists()
+  proc = _run(dataset, wd)
+  assert "resumed from step 75" in proc.stdout
+  assert json.loads((wd / "result.json").read_text())["resumed_from_step"] == 75
+  assert _metrics(wd) == _metrics(uninterrupted)
+  assert _result(wd) == _result(uninterrupted)
+
+
+def test_resume_refuses_a_different_config(dataset, uninterrupted, tmp_path):
+  proc = _run(dataset, uninterrupted, "--config.optimizer.learning_rate=0.5", check=False)
+  assert proc.returncode != 0 and "different config (differs in ['optimizer'])" in proc.stderr
+
+
+def test_eval_from_checkpoint_reproduces_logged_test_metrics(uninterrupted):
+  logged = json.loads((uninterrupted / "result.json").read_text())
+  out = trainer.evaluate_workdir(uninterrupted)
+  assert out["best_step"] == logged["best_step"]
+  for split in ("valid", "test"):
+    for k in ("auc", "gauc", "logloss"):
+      assert out[split][k] == pytest.approx(logged[split][k], abs=1e-6), (split, k)
+
+
+def test_result_and_logs_are_written(uninterrupted):
+  r = json.loads((uninterrupted / "result.json").read_text())
+  assert r["test"]["rows"] == 500 and 0.5 < r["test"]["auc"] <= 1.0
+  assert len(_metrics(uninterrupted)) == r["epochs_run"] == 2
+  assert json.loads((uninterrupted / "config.json").read_text())["batch_size"] == 64
+  assert any(p.name.startswith("events.out.tfevents") for p in (uninterrupted / "tb").iterdir())
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(dataset, tmp_path, monkeypatch):
+  real_step = step_lib.train_step
+
+  def poisoned(state, batch, rng):
+    state, m = real_step(state, batch, rng)
+    return state, {**m, "loss": jax.numpy.where(state.step >= 33, jax.numpy.nan, m["loss"])}
+
+  monkeypatch.setattr(step_lib, "train_step", poisoned)
+  with pytest.raises(trainer.TrainingDiverged) as e:
+    trainer.train_and_evaluate(_config(dataset), tmp_path / "nan")
+  msg = str(e.value)
+  assert "at step 33" in msg and "'step': 32" in msg and "(step 25)" in msg
+  assert sorted(p.name for p in (tmp_path / "nan" / "checkpoints").iterdir() if p.name.isdigit()) == ["25"]
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_train_the_same_model_as_one(dataset, tmp_path):
+  common = ("--config.num_epochs=1", "--config.checkpoint_every_steps=1000")
+  single = _run(dataset, tmp_path / "single", *common,
+                env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+  assert "devices 4" in single.stdout and "processes 1" in single.stdout
+  port = _free_port()
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
+         "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "ctrjax.main", "run", f"--config={REPO}/configs/base.py:quick",
+       "--config.dataset.name=path", f"--config.dataset.path={dataset}", "--config.progress_bar=False",
+       "--config.batch_size=64", "--config.eval_batch_size=256", "--config.model.hidden=(32,16)",
+       "--config.model.dropout=0.1", *common, f"--workdir={tmp_path / 'multi'}",
+       "--distributed", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
+      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  assert "devices 4" in outs[0][0] and "processes 2" in outs[0][0]
+  a, b = _metrics(tmp_path / "single"), _metrics(tmp_path / "multi")
+  assert len(a) == len(b) == 1
+  for k in ("train_loss", "valid_auc", "valid_logloss", "valid_gauc"):
+    assert a[0][k] == pytest.approx(b[0][k], abs=1e-5), k
+  ra, rb = _result(tmp_path / "single"), _result(tmp_path / "multi")
+  for k in ("auc", "logloss"):
+    assert ra["test"][k] == pytest.approx(rb["test"][k], abs=1e-5)
