@@ -19,6 +19,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.dataset.name = "ml-latest-small"   # ml-latest-small | ml-100k | ml-1m | synthetic | path
   c.dataset.protocol = "din"           # din: rating >= 4 positive; autoint: > 3 pos, < 3 neg, 3 dropped
   c.dataset.max_len = 30               # behaviours kept per sample (most recent)
+  c.dataset.holdout = 5                # last 5 samples per user -> test, 5 before -> valid; 1 = strict
+                                       # leave-one-out, where GAUC is undefined (1 impression per user)
   c.dataset.raw_dir = ""               # raw MovieLens files (default: bundled / ../shared)
   c.dataset.out_root = "data/prepared"
   c.dataset.path = ""                  # with name='path': an already prepared dataset directory
@@ -43,7 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 1000
   c.log_every_steps = 50
   c.progress_bar = True
-  c.loader = ml_collections.ConfigDict(dict(num_threads=2, prefetch=8))
+  c.loader = ml_collections.ConfigDict(dict(num_threads=2, prefetch=16))
   c.debug = ml_collections.ConfigDict(dict(kill_at_step=-1))   # fault injection (tests)
 
   if arg == "quick":

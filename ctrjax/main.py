@@ -10,7 +10,7 @@ import pathlib
 import re
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:arg].", lock_config=True)
@@ -28,6 +28,9 @@ def _default_workdir(config_arg: str) -> pathlib.Path:
 
 
 def main(argv):
+  # orbax logs every save/restore at INFO; keep the console to our progress bar and results.
+  logging.set_verbosity(logging.WARNING)
+  logging.get_absl_handler().addFilter(lambda r: "did not provide metrics" not in r.getMessage())
   import jax
   if _DISTRIBUTED.value:
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,

@@ -22,9 +22,10 @@ Samples and labels: every rating is one candidate sample of its user.
     (counted in stats.json["dropped_rating_3"]) but stay in the users' histories as behaviours.
 
 Ordering and split: each user's ratings are sorted by (timestamp, movie id) (stable). Per user, over
-its samples in that order: the last sample -> test, the second-to-last -> valid, the rest -> train.
-Users with fewer than 3 samples put all of them in train (so valid/test have one row per user with
->= 3 samples). Within a split rows are ordered by (user, timestamp, movie id).
+its samples in that order: the last ``holdout`` samples -> test, the ``holdout`` before them -> valid,
+the rest -> train (holdout=1: last sample -> test, second-to-last -> valid). Users with fewer than
+2*holdout+1 samples put all of them in train. With holdout=1 every user has a single valid/test
+impression, so GAUC (which skips single-class users) is undefined; holdout >= 2 makes it meaningful. Within a split rows are ordered by (user, timestamp, movie id).
 
 Behaviours of a sample: the same user's ratings (any rating, samples or not) with a STRICTLY earlier
 timestamp (ratings at the same second are excluded, whatever their movie-id order), the most recent
@@ -435,8 +436,8 @@ def _context(ts: np.ndarray) -> dict[str, np.ndarray]:
           "month": (months + FIRST_ID).astype(np.int32)}
 
 
-def _build(dataset: str, raw_dir: pathlib.Path, protocol: str, max_len: int, out_dir: pathlib.Path,
-           args: dict) -> pathlib.Path:
+def _build(dataset: str, raw_dir: pathlib.Path, protocol: str, max_len: int, holdout: int,
+           out_dir: pathlib.Path, args: dict) -> pathlib.Path:
   spec = SPECS[dataset]
   ratings_path = raw_dir / spec.ratings
   if not ratings_path.is_file():
@@ -481,9 +482,9 @@ def _build(dataset: str, raw_dir: pathlib.Path, protocol: str, max_len: int, out
   s_cnt = np.repeat(counts, counts)
   s_rank = np.arange(ns) - np.repeat(starts, counts)
   split_of = np.zeros(ns, np.int8)
-  enough = s_cnt >= 3
-  split_of[enough & (s_rank == s_cnt - 2)] = 1
-  split_of[enough & (s_rank == s_cnt - 1)] = 2
+  enough = s_cnt >= 2 * holdout + 1
+  split_of[enough & (s_rank >= s_cnt - 2 * holdout)] = 1
+  split_of[enough & (s_rank >= s_cnt - holdout)] = 2
   del su, s_new, s_cnt, s_rank, enough
 
   train_pos = pos[split_of == 0]
@@ -543,8 +544,8 @@ def _build(dataset: str, raw_dir: pathlib.Path, protocol: str, max_len: int, out
       "provenance": provenance,
       "protocol": protocol,
       "label_rule": LABEL_RULES[protocol],
-      "split_rule": ("per user by (timestamp, movie id): last sample -> test, second-to-last -> valid, "
-                     "rest -> train; users with < 3 samples: all train"),
+      "split_rule": (f"per user by (timestamp, movie id): last {holdout} sample(s) -> test, the {holdout} "
+                     f"before -> valid, rest -> train; users with < {2 * holdout + 1} samples: all train"),
       "behavior_rule": (f"same user's ratings with strictly earlier timestamp, any rating, last {max_len}, "
                         "oldest -> newest, left-padded with 0"),
       "vocab_rule": ("item_id: train candidates + train behaviours; user_id/demographics: train users; "
@@ -553,7 +554,7 @@ def _build(dataset: str, raw_dir: pathlib.Path, protocol: str, max_len: int, out
       "num_samples": int(ns),
       "num_users": int(len(np.unique(user))),
       "num_items": int(len(np.unique(movie))),
-      "users_with_3plus_samples": int((counts >= 3).sum()),
+      "users_with_valid_and_test": int((counts >= 2 * holdout + 1).sum()),
   }
   if protocol == "autoint":
     stats["dropped_rating_3"] = int(n - ns)
@@ -575,8 +576,8 @@ def _build(dataset: str, raw_dir: pathlib.Path, protocol: str, max_len: int, out
 
 def prepare(dataset: str, out_root: str | os.PathLike = "data/prepared", *,
             raw_dir: str | os.PathLike | None = None, protocol: str = "din", max_len: int = 30,
-            force: bool = False) -> pathlib.Path:
-  """Prepares (or reuses) ``<out_root>/<dataset>-<protocol>-len<max_len>``; returns its path."""
+            holdout: int = 1, force: bool = False) -> pathlib.Path:
+  """Prepares (or reuses) ``<out_root>/<dataset>-<protocol>-len<max_len>[-holdout<h>]``; returns its path."""
   if dataset not in SPECS:
     raise ValueError(f"dataset {dataset!r} not in {DATASETS}")
   if protocol not in PROTOCOLS:
@@ -584,9 +585,12 @@ def prepare(dataset: str, out_root: str | os.PathLike = "data/prepared", *,
   if isinstance(max_len, bool) or int(max_len) != max_len or max_len < 1:
     raise ValueError(f"max_len must be a positive integer, got {max_len!r}")
   max_len = int(max_len)
+  if isinstance(holdout, bool) or int(holdout) != holdout or holdout < 1:
+    raise ValueError(f"holdout must be a positive integer, got {holdout!r}")
+  holdout = int(holdout)
   raw = _resolve(raw_dir) if raw_dir is not None else _resolve(default_raw_dir(dataset))
-  out_dir = _resolve(out_root) / f"{dataset}-{protocol}-len{max_len}"
-  args = {"dataset": dataset, "raw_dir": str(raw), "protocol": protocol, "max_len": max_len}
+  out_dir = _resolve(out_root) / (f"{dataset}-{protocol}-len{max_len}" + (f"-holdout{holdout}" if holdout > 1 else ""))
+  args = {"dataset": dataset, "raw_dir": str(raw), "protocol": protocol, "max_len": max_len, "holdout": holdout}
   if not force and is_complete(out_dir):
     try:
       prev = json.loads((out_dir / "stats.json").read_text()).get("prep", {})
@@ -597,7 +601,7 @@ def prepare(dataset: str, out_root: str | os.PathLike = "data/prepared", *,
       return out_dir
     print(f"movielens: rebuilding {out_dir} (prep args/version differ from the cached copy)")
   out_dir.parent.mkdir(parents=True, exist_ok=True)
-  _build(dataset, raw, protocol, max_len, out_dir, args)
+  _build(dataset, raw, protocol, max_len, holdout, out_dir, args)
   stats = json.loads((out_dir / "stats.json").read_text())
   oov = {s: {f: c for f, c in stats["oov"][s].items() if c} for s in SPLITS}
   print(f"movielens: wrote {out_dir}: rows {stats['rows']}; OOV ids per split {oov}")
@@ -609,12 +613,13 @@ def main(argv=None) -> pathlib.Path:
   ap.add_argument("--dataset", required=True, choices=DATASETS)
   ap.add_argument("--protocol", default="din", choices=PROTOCOLS)
   ap.add_argument("--max_len", type=int, default=30)
+  ap.add_argument("--holdout", type=int, default=1, help="samples per user held out for valid and for test")
   ap.add_argument("--raw_dir", default=None, help="raw files directory (default: see module docstring)")
   ap.add_argument("--out_root", default="data/prepared", help="relative paths are against the repo root")
   ap.add_argument("--force", action="store_true", help="rebuild even if a matching cached copy exists")
   a = ap.parse_args(argv)
   path = prepare(a.dataset, a.out_root, raw_dir=a.raw_dir, protocol=a.protocol, max_len=a.max_len,
-                 force=a.force)
+                 holdout=a.holdout, force=a.force)
   stats = json.loads((path / "stats.json").read_text())
   print(path)
   print(" ".join(f"{s}={stats['rows'][s]}" for s in SPLITS))

@@ -185,3 +185,20 @@ def test_train_drops_the_partial_batch(data_dir):
   src = loader.EpochBatchSource(data_dir, "train", 64, seed=0)
   seen = np.concatenate([src[i]["meta"]["weight"] for i in range(len(src))])
   assert len(src) == 15 and seen.sum() == 15 * 64
+
+
+def test_packed_batch_unpacks_to_the_loader_batch(data_dir):
+  import jax
+  from ctrjax.data.packing import BatchLayout
+  b = loader.EpochBatchSource(data_dir, "valid", 64, shuffle=False, drop_remainder=False)[2]
+  layout = BatchLayout.from_schema(SCHEMA)
+  packed = layout.pack(b)
+  assert set(packed) == {"ints", "floats"}
+  assert packed["ints"].shape == (64, 1 + T + 1) and packed["floats"].shape == (64, 3)
+  out = jax.jit(layout.unpack)(packed)
+  for group in ("item", "behavior", "user", "context"):
+    for name, value in b[group].items():
+      np.testing.assert_array_equal(out[group][name], value, err_msg=f"{group}/{name}")
+  np.testing.assert_array_equal(out["label"], b["label"])
+  np.testing.assert_array_equal(out["weight"], b["meta"]["weight"])
+  assert out["weight"].sum() == 2                        # 130 rows: the third batch has 2 real rows

@@ -81,7 +81,7 @@ def test_small_end_to_end(small, small_raw):
   assert stats["rows"] == rows
   assert stats["prep"]["script"] == "data_prep/movielens.py"
   assert stats["prep"]["args"] == {"dataset": "ml-latest-small", "raw_dir": str(SMALL_RAW.resolve()),
-                                   "protocol": "din", "max_len": MAX_LEN}
+                                   "protocol": "din", "max_len": MAX_LEN, "holdout": 1}
   assert stats["num_users"] == len(small_raw) and stats["protocol"] == "din"
   assert stats["num_items"] == len({m for v in small_raw.values() for _, m, _ in v})
   assert any("ratings.csv" in line for line in stats["provenance"])
@@ -435,3 +435,21 @@ def test_ml100k_autoint(tmp_path):
           saw_rating3_behaviour |= rating_of[(u, int(item[hid]), int(ht))] == 3
   assert saw_rating3_behaviour  # rating-3 ratings stay usable as behaviours
   assert ds.stats["oov"]["train"]["hist_item_id"] == 0
+
+
+def test_holdout_k_puts_each_users_last_k_samples_in_test_and_enables_gauc(small_raw, tmp_path):
+  from ctrjax import metrics
+  ds = Dataset(movielens.prepare("ml-latest-small", tmp_path, max_len=MAX_LEN, holdout=3))
+  assert ds.path.name == f"ml-latest-small-din-len{MAX_LEN}-holdout3"
+  eligible = {u for u, v in small_raw.items() if len(v) >= 7}
+  assert ds.num_rows("valid") == ds.num_rows("test") == 3 * len(eligible)
+  c = {s: _cols(ds, s) for s in SPLITS}
+  for u in list(eligible)[:50]:
+    times = sorted(t for t, _, _ in small_raw[u])
+    test_t = sorted(int(t) for t, uu in zip(c["test"]["timestamp"], c["test"]["user"]) if uu == u)
+    valid_t = sorted(int(t) for t, uu in zip(c["valid"]["timestamp"], c["valid"]["user"]) if uu == u)
+    assert test_t == times[-3:] and valid_t == times[-6:-3]
+  # Several impressions per user: GAUC is defined for the users with both classes.
+  value, coverage = metrics.gauc(c["test"]["label"], np.random.default_rng(0).random(ds.num_rows("test")),
+                                 c["test"]["user"])
+  assert np.isfinite(value) and coverage > 0.3

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from configs import base as base_config
-from ctrjax.train import mesh as mesh_lib
 from ctrjax.train import step as step_lib
 from ctrjax.train import trainer
 from data_prep import synthetic
@@ -47,10 +46,11 @@ def test_train_step_compiles_once(dataset):
   setup = trainer._Setup(_config(dataset))
   src = setup.source("train", train=True)
   state = setup.init_state(src[0])
-  step = jax.jit(chex.assert_max_traces(step_lib.train_step, n=1), donate_argnums=0)
+  traced = chex.assert_max_traces(lambda s, b, r: step_lib.train_step(s, setup.layout.unpack(b), r), n=1)
+  step = jax.jit(traced, donate_argnums=0)
   losses = []
   for i in range(4):
-    state, m = step(state, mesh_lib.to_global(step_lib.device_batch(src[i]), setup.mesh), setup.rng)
+    state, m = step(state, setup.to_device(src[i]), setup.rng)
     losses.append(float(m["loss"]))
   assert int(state.step) == 4 and np.all(np.isfinite(losses))
 
@@ -62,7 +62,7 @@ def _trajectory(dataset, num_devices, steps=12):
   state = setup.init_state(src[0])
   losses = []
   for i in range(steps):
-    state, m = setup.train_step(state, mesh_lib.to_global(step_lib.device_batch(src[i]), setup.mesh), setup.rng)
+    state, m = setup.train_step(state, setup.to_device(src[i]), setup.rng)
     losses.append(float(m["loss"]))
   return np.array(losses), jax.device_get(state.params)
 

@@ -17,7 +17,7 @@ def _prepare(cfg: ml_collections.ConfigDict) -> pathlib.Path:
   if cfg.name in MOVIELENS:
     from data_prep import movielens
     return movielens.prepare(cfg.name, cfg.out_root, raw_dir=cfg.raw_dir or None,
-                             protocol=cfg.protocol, max_len=cfg.max_len)
+                             protocol=cfg.protocol, max_len=cfg.max_len, holdout=cfg.holdout)
   if cfg.name == "synthetic":
     from data_prep import synthetic
     return synthetic.prepare(cfg.out_root, **cfg.synthetic.to_dict())

@@ -34,5 +34,7 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 def to_global(local_batch, mesh: Mesh):
   """This process's rows -> global arrays sharded along ``data`` (rows of process p come p-th)."""
   sharding = batch_sharded(mesh)
+  if jax.process_count() == 1:               # one transfer call for the whole tree: ~2x faster
+    return jax.device_put(local_batch, sharding)
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
                       local_batch)

@@ -10,6 +10,7 @@ import ml_collections
 import optax
 from flax.training import train_state
 
+from ctrjax.data.packing import BatchLayout
 from ctrjax.train import mesh as mesh_lib
 
 
@@ -41,13 +42,6 @@ def with_learning_rate(state: TrainState, lr: float) -> TrainState:
   new = jax.device_put(jnp.asarray(lr, old.dtype), old.sharding)
   return state.replace(opt_state=state.opt_state._replace(
       hyperparams={**state.opt_state.hyperparams, "learning_rate": new}))
-
-
-def device_batch(batch: dict) -> dict:
-  """The part of a loader batch the model needs on device (meta stays on the host, but its weight)."""
-  out = {k: v for k, v in batch.items() if k != "meta"}
-  out["weight"] = batch["meta"]["weight"]
-  return out
 
 
 def create_train_state(model: nn.Module, tx, sample_batch: dict, rng: jax.Array, mesh) -> TrainState:
@@ -91,9 +85,11 @@ def predict_step(state: TrainState, batch: dict) -> jax.Array:
   return jax.nn.sigmoid(out["logit"])
 
 
-def jit_steps(mesh):
-  """The jitted train (state donated) and predict steps, outputs replicated."""
+def jit_steps(mesh, layout: BatchLayout):
+  """The jitted train (state donated) and predict steps on packed batches, outputs replicated."""
   repl = mesh_lib.replicated(mesh)
-  train = jax.jit(train_step, donate_argnums=0, out_shardings=(repl, repl))
-  predict = jax.jit(predict_step, out_shardings=repl)
+  train = jax.jit(lambda state, packed, rng: train_step(state, layout.unpack(packed), rng),
+                  donate_argnums=0, out_shardings=(repl, repl))
+  predict = jax.jit(lambda state, packed: predict_step(state, layout.unpack(packed)),
+                    out_shardings=repl)
   return train, predict

@@ -25,6 +25,7 @@ from tensorboardX import SummaryWriter
 from ctrjax import metrics as metrics_lib
 from ctrjax.data import loader, prepare_dataset
 from ctrjax.data.dataset import Dataset
+from ctrjax.data.packing import BatchLayout
 from ctrjax.models import get_model
 from ctrjax.train import mesh as mesh_lib
 from ctrjax.train import step as step_lib
@@ -65,7 +66,8 @@ class _Setup:
     self.mesh = mesh_lib.make_mesh(config.num_devices)
     self.model = get_model(config.model_name)(schema=self.dataset.schema, **config.model)
     self.tx = step_lib.make_optimizer(config.optimizer)
-    self.train_step, self.predict = step_lib.jit_steps(self.mesh)
+    self.layout = BatchLayout.from_schema(self.dataset.schema)
+    self.train_step, self.predict = step_lib.jit_steps(self.mesh, self.layout)
     self.rng = jax.device_put(jax.random.PRNGKey(config.seed), mesh_lib.replicated(self.mesh))
 
   def source(self, split: str, train: bool) -> loader.EpochBatchSource:
@@ -75,8 +77,16 @@ class _Setup:
         num_epochs=c.num_epochs if train else 1, shuffle=train, drop_remainder=train,
         process_index=jax.process_index(), process_count=jax.process_count())
 
+  def to_device(self, local_batch: dict) -> dict:
+    """Loader batch -> the model's inputs, packed, as global arrays sharded over the mesh."""
+    return mesh_lib.to_global(self.layout.pack(local_batch), self.mesh)
+
+  def batches(self, source: loader.EpochBatchSource):
+    """Grain iterator whose prefetch threads also do the host -> device transfer."""
+    return loader.make_iterator(source, **self.config.loader, transform=self.to_device)
+
   def init_state(self, sample_local_batch) -> step_lib.TrainState:
-    sample = mesh_lib.to_global(step_lib.device_batch(sample_local_batch), self.mesh)
+    sample = jax.jit(self.layout.unpack)(self.to_device(sample_local_batch))
     init_rng = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), 1)
     return step_lib.create_train_state(self.model, self.tx, sample, init_rng, self.mesh)
 
@@ -84,8 +94,8 @@ class _Setup:
     """Exact metrics over every row of ``split`` (last batch padded with weight 0)."""
     src = self.source(split, train=False)
     probs = []
-    for batch in loader.make_iterator(src, **self.config.loader):
-      probs.append(self.predict(state, mesh_lib.to_global(step_lib.device_batch(batch), self.mesh)))
+    for batch in self.batches(src):
+      probs.append(self.predict(state, batch))
     n = src.num_rows
     probs = np.concatenate(jax.device_get(probs)).astype(np.float64)[:n]
     cols = self.dataset.columns[split]
@@ -109,7 +119,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   train_src = setup.source("train", train=True)
   steps_per_epoch = train_src.batches_per_epoch
   total_steps = steps_per_epoch * config.num_epochs
-  train_iter = loader.make_iterator(train_src, **config.loader)
+  train_iter = setup.batches(train_src)
 
   # --- Model & optimizer ----------------------------------------------------------------------
   state = setup.init_state(train_src[0])
@@ -160,8 +170,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
   try:
     while step < total_steps and progress["stopped"] is None:
-      batch = mesh_lib.to_global(step_lib.device_batch(next(train_iter)), setup.mesh)
-      state, step_metrics = setup.train_step(state, batch, rng)
+      state, step_metrics = setup.train_step(state, next(train_iter), rng)
       step += 1
       pending.append((step, step_metrics))
       if step == config.debug.kill_at_step:          # fault injection for the resume tests
@@ -209,7 +218,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         with open(workdir / "metrics.jsonl", "a") as fh:
           fh.write(json.dumps(record) + "\n")
         for k, v in valid.items():
-          writer.add_scalar(f"valid/{k}", v, step)
+          if np.isfinite(v):                     # GAUC is NaN when no user has both classes
+            writer.add_scalar(f"valid/{k}", v, step)
         tqdm.tqdm.write(f"epoch {epoch}: train_loss {record['train_loss']:.4f}  " + "  ".join(
             f"valid_{k} {valid[k]:.4f}" for k in ("auc", "gauc", "logloss") if k in valid)
             + ("  *" if improved else ""))
