@@ -1,9 +1,9 @@
 """MovieLens (ml-latest-small, ml-100k, ml-1m) -> ctrjax dataset directory.
 
 Usage:
-  python -m data_prep.movielens --dataset ml-100k [--protocol autoint] [--max_len 30]
+  python -m data_prep.movielens --dataset ml-100k [--protocol autoint] [--max_len 30] [--holdout 1]
                                 [--raw_dir D] [--out_root R] [--force]
-or ``prepare(dataset, out_root, raw_dir=..., protocol=..., max_len=...)`` from Python.
+or ``prepare(dataset, out_root, raw_dir=..., protocol=..., max_len=..., holdout=...)`` from Python.
 
 Raw inputs (``raw_dir``):
   ml-latest-small: ratings.csv (userId,movieId,rating,timestamp), movies.csv (movieId,title,genres).
@@ -25,7 +25,8 @@ Ordering and split: each user's ratings are sorted by (timestamp, movie id) (sta
 its samples in that order: the last ``holdout`` samples -> test, the ``holdout`` before them -> valid,
 the rest -> train (holdout=1: last sample -> test, second-to-last -> valid). Users with fewer than
 2*holdout+1 samples put all of them in train. With holdout=1 every user has a single valid/test
-impression, so GAUC (which skips single-class users) is undefined; holdout >= 2 makes it meaningful. Within a split rows are ordered by (user, timestamp, movie id).
+impression, so GAUC (which skips single-class users) is undefined; holdout >= 2 makes it
+meaningful. Within a split rows are ordered by (user, timestamp, movie id).
 
 Behaviours of a sample: the same user's ratings (any rating, samples or not) with a STRICTLY earlier
 timestamp (ratings at the same second are excluded, whatever their movie-id order), the most recent
@@ -56,7 +57,7 @@ Error policy (all raise ``SchemaError``, a ``ValueError``, naming the file and l
 Memory: the ratings are read in chunks of 1M lines into compact numpy arrays (about 20 bytes a
 rating); rows are built and written in chunks of at most 100k rows (fewer when max_len * G is large).
 
-Caching: the output directory ``<out_root>/<dataset>-<protocol>-len<max_len>`` is reused when it is
+Caching: the output directory ``<out_root>/<dataset>-<protocol>-len<max_len>[-holdout<h>]`` is reused when it is
 complete and its stats.json["prep"] has the same args and prep version; otherwise (or with
 ``force``) it is rebuilt.
 """

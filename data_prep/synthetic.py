@@ -71,10 +71,10 @@ import time
 
 import numpy as np
 from scipy.special import expit
-from scipy.stats import rankdata
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
+from ctrjax import metrics
 from ctrjax.data.schema import FIRST_ID, OOV_ID, PAD_ID, Field, Schema
 from ctrjax.data.writer import DatasetWriter, is_complete
 
@@ -283,23 +283,16 @@ def _chunks(world: _World, num_rows: int, chunk_rows: int):
 
 
 # ----------------------------------------------------------------------------------------------
-# metrics
+# metrics (ctrjax.metrics; None instead of NaN so stats.json stays strict JSON)
 
 
 def auc(score: np.ndarray, label: np.ndarray) -> float | None:
-  """Exact ROC AUC (Mann-Whitney with average ranks for ties); None if one class is absent."""
-  label = np.asarray(label) > 0.5
-  npos = int(label.sum())
-  nneg = label.size - npos
-  if npos == 0 or nneg == 0:
-    return None
-  ranks = rankdata(score)
-  return float((ranks[label].sum() - npos * (npos + 1) / 2) / (npos * nneg))
+  value = metrics.auc(label, score)
+  return None if np.isnan(value) else value
 
 
 def logloss(p: np.ndarray, y: np.ndarray) -> float:
-  p = np.clip(p, 1e-15, 1 - 1e-15)
-  return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
+  return metrics.logloss(y, p)
 
 
 def _bayes_prob(mu: np.ndarray, noise: float) -> np.ndarray:

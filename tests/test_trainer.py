@@ -43,7 +43,7 @@ def _config(dataset, **overrides) -> ml_collections.ConfigDict:
 
 
 def test_train_step_compiles_once(dataset):
-  setup = trainer._Setup(_config(dataset))
+  setup = trainer.Setup(_config(dataset))
   src = setup.source("train", train=True)
   state = setup.init_state(src[0])
   traced = chex.assert_max_traces(lambda s, b, r: step_lib.train_step(s, setup.layout.unpack(b), r), n=1)
@@ -56,7 +56,7 @@ def test_train_step_compiles_once(dataset):
 
 
 def _trajectory(dataset, num_devices, steps=12):
-  setup = trainer._Setup(_config(dataset, num_devices=num_devices))
+  setup = trainer.Setup(_config(dataset, num_devices=num_devices))
   assert setup.mesh.size == num_devices
   src = setup.source("train", train=True)
   state = setup.init_state(src[0])
@@ -191,3 +191,72 @@ def test_two_processes_train_the_same_model_as_one(dataset, tmp_path):
   ra, rb = _result(tmp_path / "single"), _result(tmp_path / "multi")
   for k in ("auc", "logloss"):
     assert ra["test"][k] == pytest.approx(rb["test"][k], abs=1e-5)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("early_stopping.metric", "acu", "config.early_stopping.metric='acu': expected 'auc', 'gauc' or 'logloss'"),
+    ("early_stopping.mode", "maximum", "config.early_stopping.mode='maximum'"),
+    ("batch_size", 66, "config.batch_size=66: expected a multiple of the 4 devices"),
+    ("lr_decay_on_plateau", 0.0, "config.lr_decay_on_plateau=0.0"),
+    ("model_name", "basemodel", "config.model_name='basemodel' is not a model"),
+    ("dataset.name", "ml-20m", "config.dataset.name='ml-20m'"),
+    ("gauc_group", "usr", "config.gauc_group='usr' is not a meta field"),
+])
+def test_bad_config_values_fail_fast_naming_the_field(dataset, field, value, message):
+  config = _config(dataset, **{field: value})
+  if field == "dataset.name":
+    config.dataset.path = ""
+  with pytest.raises(ValueError) as e:
+    trainer.Setup(config)
+  assert message in str(e.value)
+
+
+def test_learning_rate_lives_in_the_optimizer_state_and_clipping_applies(dataset):
+  setup = trainer.Setup(_config(dataset))
+  src = setup.source("train", train=True)
+  batch = setup.to_device(src[0])
+  state = step_lib.with_learning_rate(setup.init_state(src[0]), 0.0)
+  before = jax.device_get(state.params)
+  state, _ = setup.train_step(state, batch, setup.rng)
+  chex.assert_trees_all_equal(jax.device_get(state.params), before)      # lr 0: nothing moves
+  assert step_lib.learning_rate(state) == 0.0
+
+
+
+def test_gradient_clipping_rescales_to_the_clip_norm():
+  cfg = base_config.get_config().optimizer
+  params = {"w": np.zeros(50, np.float32)}
+  g = {"w": np.linspace(-40.0, 40.0, 50).astype(np.float32)}
+  clip = 1e-6                                   # tiny: Adam's eps makes the gradient scale visible
+  def first_update(grads, clip_norm):
+    with cfg.unlocked():
+      cfg.grad_clip_norm = clip_norm
+    tx = step_lib.make_optimizer(cfg)
+    return tx.update(grads, tx.init(params), params)[0]["w"]
+  scaled = {"w": g["w"] * clip / np.linalg.norm(g["w"])}
+  np.testing.assert_allclose(first_update(g, clip), first_update(scaled, 0.0), rtol=1e-5)
+  assert not np.allclose(first_update(g, clip), first_update(g, 0.0), rtol=1e-2)
+
+
+def test_lr_decays_after_each_non_improving_epoch_and_early_stopping_ends_the_run(dataset, tmp_path):
+  config = _config(dataset, num_epochs=6, lr_decay_on_plateau=0.5, **{
+      "optimizer.learning_rate": 0.01, "early_stopping.patience": 2})
+  result = trainer.train_and_evaluate(config, tmp_path / "plateau")
+  history = _metrics(tmp_path / "plateau")
+  aucs = [h["valid_auc"] for h in history]
+  improved = [i == 0 or aucs[i] > max(aucs[:i]) for i in range(len(aucs))]
+  assert not all(improved), "this setup overfits; a non-improving epoch is expected"
+  lr = 0.01
+  for h, imp in zip(history, improved):
+    assert h["learning_rate"] == pytest.approx(lr)
+    lr = lr if imp else lr * 0.5
+  bad_tail = len(improved) - 1 - max(i for i, imp in enumerate(improved) if imp)
+  if len(history) < 6:
+    assert bad_tail == 2 and result["stopped"].startswith("early stopping after epoch")
+  assert result["best_epoch"] == 1 + int(np.argmax(aucs))
+
+
+def test_model_fields_that_do_not_fit_the_model_are_named(dataset):
+  config = _config(dataset, model_name="lr")                    # base_model's fields, LR's class
+  with pytest.raises(ValueError, match=r"config.model does not fit model 'lr'.*unexpected keyword argument"):
+    trainer.Setup(config)

@@ -56,15 +56,44 @@ def _check_same_config(saved: dict, current: dict, workdir: pathlib.Path):
                      f"use another --workdir or delete it to start over")
 
 
-class _Setup:
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Rejects bad values before any work, naming the config field (unknown keys are already
+  rejected by the locked ConfigDict)."""
+  def need(ok, field, value, expected):
+    if not ok:
+      raise ValueError(f"config.{field}={value!r}: expected {expected}")
+  es = config.early_stopping
+  need(es.metric in ("auc", "gauc", "logloss"), "early_stopping.metric", es.metric, "'auc', 'gauc' or 'logloss'")
+  need(es.mode in ("max", "min"), "early_stopping.mode", es.mode, "'max' or 'min'")
+  need(es.patience >= 1, "early_stopping.patience", es.patience, ">= 1")
+  for field in ("batch_size", "eval_batch_size", "num_epochs", "checkpoint_every_steps", "log_every_steps"):
+    need(config[field] >= 1, field, config[field], ">= 1")
+  need(0.0 < config.lr_decay_on_plateau <= 1.0, "lr_decay_on_plateau", config.lr_decay_on_plateau, "in (0, 1]")
+  need(config.optimizer.learning_rate > 0, "optimizer.learning_rate", config.optimizer.learning_rate, "> 0")
+  need(config.num_devices >= 0, "num_devices", config.num_devices, ">= 0 (0 = all)")
+  devices = config.num_devices or jax.device_count()
+  for field in ("batch_size", "eval_batch_size"):
+    need(config[field] % devices == 0, field, config[field], f"a multiple of the {devices} devices")
+
+
+class Setup:
   """Everything a run and a later re-evaluation share: dataset, mesh, model, steps."""
 
   def __init__(self, config: ml_collections.ConfigDict):
+    validate_config(config)
     self.config = config
     self.dataset_path = prepare_dataset(config.dataset)
     self.dataset = Dataset(self.dataset_path, validate=config.dataset.validate)
+    meta = [f.name for f in self.dataset.schema.group("meta")]
+    if config.gauc_group and config.gauc_group not in meta:
+      raise ValueError(f"config.gauc_group={config.gauc_group!r} is not a meta field of "
+                       f"{self.dataset_path} (meta fields: {meta}); use '' to skip GAUC")
     self.mesh = mesh_lib.make_mesh(config.num_devices)
-    self.model = get_model(config.model_name)(schema=self.dataset.schema, **config.model)
+    model_cls = get_model(config.model_name)
+    try:
+      self.model = model_cls(schema=self.dataset.schema, **config.model)
+    except TypeError as e:
+      raise ValueError(f"config.model does not fit model {config.model_name!r}: {e}") from None
     self.tx = step_lib.make_optimizer(config.optimizer)
     self.layout = BatchLayout.from_schema(self.dataset.schema)
     self.train_step, self.predict = step_lib.jit_steps(self.mesh, self.layout)
@@ -99,8 +128,7 @@ class _Setup:
     n = src.num_rows
     probs = np.concatenate(jax.device_get(probs)).astype(np.float64)[:n]
     cols = self.dataset.columns[split]
-    group_field = self.config.gauc_group
-    groups = np.asarray(cols[group_field]) if group_field in cols else None
+    groups = np.asarray(cols[self.config.gauc_group]) if self.config.gauc_group else None
     return metrics_lib.evaluate(np.asarray(cols[self.dataset.schema.label.name]), probs, groups)
 
 
@@ -108,7 +136,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   workdir = pathlib.Path(workdir)
   main = _is_main()
   # --- Set up ---------------------------------------------------------------------------------
-  setup = _Setup(config)
+  setup = Setup(config)
   cfg_dict = config.to_dict()
   if main:
     workdir.mkdir(parents=True, exist_ok=True)
@@ -256,7 +284,7 @@ def evaluate_workdir(workdir: str | os.PathLike) -> dict:
   if not (workdir / "config.json").is_file():
     raise FileNotFoundError(f"{workdir}: no config.json (not a ctrjax workdir)")
   config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
-  setup = _Setup(config)
+  setup = Setup(config)
   ckpt = Checkpointer(workdir / "checkpoints", config.early_stopping.metric, config.early_stopping.mode)
   best = ckpt.best_step()
   if best is None:
