@@ -5,6 +5,7 @@ Multi-process (one process per host, e.g. on a GPU cluster): pass --coordinator_
 --num_processes and --process_id (or nothing on SLURM/TPU, where jax.distributed detects them)
 together with --distributed.
 """
+import importlib.util
 import json
 import pathlib
 import re
@@ -25,6 +26,15 @@ def _default_workdir(config_arg: str) -> pathlib.Path:
   path, _, arg = config_arg.partition(":")
   name = pathlib.Path(path).stem + (f"_{re.sub(r'[^A-Za-z0-9=.,-]+', '_', arg)}" if arg else "")
   return pathlib.Path("workdirs") / name
+
+
+def _config_module(filename: str):
+  """The config file as a module (a grid config defines get_grid next to get_config)."""
+  path = filename.partition(":")[0]
+  spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def main(argv):
@@ -52,12 +62,20 @@ def main(argv):
   config = _CONFIG.value
   if config is None:
     raise app.UsageError("run needs --config=FILE[:ARG]")
-  workdir = _WORKDIR.value or config.workdir or _default_workdir(config_flags.get_config_filename(flags.FLAGS["config"]))
+  config_arg = config_flags.get_config_filename(flags.FLAGS["config"])
+  workdir = _WORKDIR.value or config.workdir or _default_workdir(config_arg)
   if jax.process_index() == 0:
     print(f"workdir {workdir}; devices {jax.device_count()} ({jax.devices()[0].platform}), "
           f"processes {jax.process_count()}", flush=True)
+  module = _config_module(config_arg)
   try:
-    trainer.train_and_evaluate(config, workdir)
+    if hasattr(module, "get_grid"):
+      from experiments import grid as grid_lib
+      grid = module.get_grid(config_arg.partition(":")[2] or None)
+      results = pathlib.Path("results") / grid.name / config.dataset.name
+      grid_lib.run_grid(config, grid, pathlib.Path(workdir), results)
+    else:
+      trainer.train_and_evaluate(config, workdir)
   except trainer.TrainingDiverged as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

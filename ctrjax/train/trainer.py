@@ -266,7 +266,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       "epochs_run": len(progress["history"]), "stopped": progress["stopped"] or "max epochs",
       "valid": setup.evaluate(state, "valid"), "test": setup.evaluate(state, "test"),
       "resumed_from_step": resumed_from,
-      "parameters": int(sum(x.size for x in jax.tree.leaves(state.params))),
+      "parameters": _count(state.params),
+      "parameters_excluding_embeddings": _count({k: v for k, v in state.params.items() if k != "embedding"}),
+      "seconds_per_epoch": float(np.mean([h["seconds"] for h in progress["history"]])),
   }
   ckpt.close()
   if main:
@@ -278,8 +280,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   return result
 
 
-def evaluate_workdir(workdir: str | os.PathLike) -> dict:
-  """Reloads the best checkpoint of a finished run and re-evaluates test (and valid)."""
+def _count(params) -> int:
+  return int(sum(x.size for x in jax.tree.leaves(params)))
+
+
+def load_best(workdir: str | os.PathLike):
+  """(setup, train state, progress) of the best checkpoint of a run's workdir."""
   workdir = pathlib.Path(workdir)
   if not (workdir / "config.json").is_file():
     raise FileNotFoundError(f"{workdir}: no config.json (not a ctrjax workdir)")
@@ -289,8 +295,13 @@ def evaluate_workdir(workdir: str | os.PathLike) -> dict:
   best = ckpt.best_step()
   if best is None:
     raise FileNotFoundError(f"{workdir}: no checkpoint with validation metrics yet")
-  train_src = setup.source("train", train=True)
-  state, _, progress = ckpt.restore(best, setup.init_state(train_src[0]), setup.rng)
+  state, _, progress = ckpt.restore(best, setup.init_state(setup.source("train", train=True)[0]), setup.rng)
   ckpt.close()
-  return {"best_step": best, "best_epoch": progress["best_epoch"],
+  return setup, state, {**progress, "best_step": best}
+
+
+def evaluate_workdir(workdir: str | os.PathLike) -> dict:
+  """Reloads the best checkpoint of a finished run and re-evaluates test (and valid)."""
+  setup, state, progress = load_best(workdir)
+  return {"best_step": progress["best_step"], "best_epoch": progress["best_epoch"],
           "valid": setup.evaluate(state, "valid"), "test": setup.evaluate(state, "test")}

@@ -1,0 +1,245 @@
+"""Grid runner: every variant × seed of a config, then a table and figures.
+
+A config file becomes a grid by defining ``get_grid(arg) -> Grid`` next to ``get_config(arg)``;
+``./run.sh configs/ablation_mian.py[:arg]`` then runs the whole grid. Each run has its own workdir
+``<root>/<variant>/seed<k>``: a run with a ``result.json`` is skipped, an interrupted one resumes
+from its checkpoint, so a killed grid rerun ends with the same table as an uninterrupted one.
+
+Outputs in ``results/<grid name>/<dataset>/``: ``table.md``, ``table.csv`` (per variant: test AUC,
+GAUC and logloss mean ± std over seeds, Δ AUC vs the reference, Welch t-test p-value of AUC vs the
+reference, RelaImpr, seconds per epoch, parameters excluding embeddings), ``ablation.png`` (bars with
+error bars), ``curves.png`` (validation AUC/logloss per epoch) and ``attention.png`` (a model's
+attention weights over 14 random test samples) where the grid asks for them.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import pathlib
+import time
+from typing import Any
+
+import matplotlib
+import ml_collections
+import numpy as np
+from scipy import stats
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+METRICS = ("auc", "gauc", "logloss")
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+  name: str                                        # results/<name>/...
+  variants: dict[str, dict[str, Any]]              # variant -> {"dotted.config.key": value}
+  seeds: tuple[int, ...]
+  reference: str                                   # Δ, p-value and RelaImpr are against this variant
+  sections: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)  # table parts
+  curves: tuple[str, ...] = ()                     # variants whose validation curves are plotted
+  attention: tuple[str, str, tuple[str, ...]] | None = None  # (variant, attention key, token labels)
+
+  def __post_init__(self):
+    if self.reference not in self.variants:
+      raise ValueError(f"grid {self.name!r}: reference {self.reference!r} is not a variant")
+    named = [v for vs in self.sections.values() for v in vs] + list(self.curves)
+    named += [self.attention[0]] if self.attention else []
+    unknown = sorted(set(named) - set(self.variants))
+    if unknown:
+      raise ValueError(f"grid {self.name!r}: sections/curves/attention name unknown variants {unknown}")
+
+
+def with_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any], seed: int):
+  """A copy of ``config`` with dotted-key overrides and the seed; an unknown key is an error."""
+  out = ml_collections.ConfigDict(config.to_dict())
+  for key, value in {**overrides, "seed": seed}.items():
+    *parents, last = key.split(".")
+    target = out
+    for p in parents:
+      target = target[p]
+    if last not in target:
+      raise KeyError(f"grid override {key!r}: config has no field {last!r} there")
+    target[last] = value
+  return out
+
+
+def runs(grid: Grid, root: pathlib.Path):
+  return [(v, s, root / v / f"seed{s}") for v in grid.variants for s in grid.seeds]
+
+
+def run_grid(config: ml_collections.ConfigDict, grid: Grid, root: pathlib.Path,
+             results_dir: pathlib.Path) -> list[dict]:
+  """Trains every (variant, seed) not finished yet, then writes the table and figures."""
+  from ctrjax.train import trainer
+  todo = runs(grid, pathlib.Path(root))
+  durations = []
+  for i, (variant, seed, workdir) in enumerate(todo, 1):
+    tag = f"[{i}/{len(todo)}] {variant} seed {seed}"
+    if (workdir / "result.json").is_file():
+      print(f"{tag}: done, skipped", flush=True)
+      continue
+    remaining = sum(1 for _, _, w in todo[i - 1:] if not (w / "result.json").is_file())
+    eta = f", ETA {np.mean(durations) * remaining / 60:.1f} min" if durations else ""
+    print(f"{tag}: running in {workdir}{eta}", flush=True)
+    start = time.time()
+    trainer.train_and_evaluate(with_overrides(config, grid.variants[variant], seed), workdir)
+    durations.append(time.time() - start)
+  return write_report(grid, pathlib.Path(root), pathlib.Path(results_dir))
+
+
+def _load(grid: Grid, root: pathlib.Path) -> dict[str, list[dict]]:
+  out = {}
+  for variant, seed, workdir in runs(grid, root):
+    result = json.loads((workdir / "result.json").read_text())
+    history = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+    out.setdefault(variant, []).append({**result, "history": history})
+  return out
+
+
+def _mean_std(values) -> tuple[float, float]:
+  v = np.asarray(values, np.float64)
+  return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def table_rows(grid: Grid, results: dict[str, list[dict]]) -> list[dict]:
+  ref_auc = np.array([r["test"]["auc"] for r in results[grid.reference]])
+  rows = []
+  for variant, rs in results.items():
+    auc = np.array([r["test"]["auc"] for r in rs])
+    row = {"variant": variant, "seeds": len(rs)}
+    for m in METRICS:
+      row[f"{m}_mean"], row[f"{m}_std"] = _mean_std([r["test"].get(m, np.nan) for r in rs])
+    row["delta_auc"] = row["auc_mean"] - ref_auc.mean()
+    row["p_value"] = (float("nan") if variant == grid.reference or len(rs) < 2
+                      else float(stats.ttest_ind(auc, ref_auc, equal_var=False).pvalue))
+    row["rela_impr_pct"] = ((row["auc_mean"] - 0.5) / (ref_auc.mean() - 0.5) - 1.0) * 100.0
+    row["seconds_per_epoch"] = float(np.mean([r["seconds_per_epoch"] for r in rs]))
+    row["params_excl_embeddings"] = rs[0]["parameters_excluding_embeddings"]
+    row["best_epoch_mean"] = float(np.mean([r["best_epoch"] for r in rs]))
+    rows.append(row)
+  return rows
+
+
+def _markdown(grid: Grid, rows: list[dict], title: str) -> str:
+  by_name = {r["variant"]: r for r in rows}
+  sections = grid.sections or {"": tuple(by_name)}
+  head = ("| variant | seeds | test AUC | test GAUC | test logloss | Δ AUC | p (Welch, AUC) | RelaImpr "
+          "| s/epoch | params (excl. emb.) | best epoch |")
+  lines = [f"# {title}", "",
+           f"Mean ± std over seeds; Δ, p and RelaImpr against `{grid.reference}`. p < 0.05 marked *.", ""]
+  for section, variants in sections.items():
+    if section:
+      lines += [f"## {section}", ""]
+    lines += [head, "|" + "---|" * 11]
+    for v in variants:
+      r = by_name[v]
+      p = r["p_value"]
+      p_text = "—" if np.isnan(p) else f"{p:.3g}{' *' if p < 0.05 else ''}"
+      lines.append(
+          f"| {v} | {r['seeds']} | {r['auc_mean']:.4f} ± {r['auc_std']:.4f} | {r['gauc_mean']:.4f} ± "
+          f"{r['gauc_std']:.4f} | {r['logloss_mean']:.4f} ± {r['logloss_std']:.4f} | {r['delta_auc']:+.4f} "
+          f"| {p_text} | {r['rela_impr_pct']:+.2f} % | {r['seconds_per_epoch']:.1f} | "
+          f"{r['params_excl_embeddings']:,} | {r['best_epoch_mean']:.1f} |")
+    lines.append("")
+  return "\n".join(lines)
+
+
+def write_report(grid: Grid, root: pathlib.Path, results_dir: pathlib.Path) -> list[dict]:
+  results = _load(grid, root)
+  rows = table_rows(grid, results)
+  results_dir.mkdir(parents=True, exist_ok=True)
+  title = f"{grid.name} on {results_dir.name}"
+  (results_dir / "table.md").write_text(_markdown(grid, rows, title))
+  with open(results_dir / "table.csv", "w", newline="") as fh:
+    writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+  _plot_bars(grid, rows, results_dir / "ablation.png", title)
+  if grid.curves:
+    _plot_curves(grid, results, results_dir / "curves.png", title)
+  if grid.attention:
+    variant, key, labels = grid.attention
+    _plot_attention(root / variant / f"seed{grid.seeds[0]}", key, labels, results_dir / "attention.png",
+                    f"{key.upper()} attention, {variant}, seed {grid.seeds[0]}: 14 random test samples")
+  print(f"wrote {results_dir}/table.md, table.csv and figures", flush=True)
+  return rows
+
+
+def _plot_bars(grid: Grid, rows: list[dict], path: pathlib.Path, title: str):
+  order = [v for vs in grid.sections.values() for v in vs] or [r["variant"] for r in rows]
+  order = list(dict.fromkeys(order))
+  by_name = {r["variant"]: r for r in rows}
+  fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.3 * len(order)), 4.2))
+  for ax, metric, better in zip(axes, ("auc", "logloss"), ("higher", "lower")):
+    means = [by_name[v][f"{metric}_mean"] for v in order]
+    stds = [by_name[v][f"{metric}_std"] for v in order]
+    colors = ["tab:orange" if v == grid.reference else "tab:blue" for v in order]
+    ax.bar(range(len(order)), means, yerr=stds, capsize=4, color=colors)
+    lo, hi = min(m - s for m, s in zip(means, stds)), max(m + s for m, s in zip(means, stds))
+    ax.set_ylim(lo - 0.15 * (hi - lo + 1e-9), hi + 0.15 * (hi - lo + 1e-9))
+    ax.set_xticks(range(len(order)), order, rotation=30, ha="right")
+    ax.set_title(f"test {metric.upper()} ({better} is better), mean ± std over {len(grid.seeds)} seeds")
+    ax.grid(axis="y", alpha=0.3)
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def _plot_curves(grid: Grid, results: dict[str, list[dict]], path: pathlib.Path, title: str):
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+  for ax, metric in zip(axes, ("valid_auc", "valid_logloss")):
+    for variant in grid.curves:
+      per_epoch: dict[int, list[float]] = {}
+      for r in results[variant]:
+        for h in r["history"]:
+          per_epoch.setdefault(h["epoch"], []).append(h[metric])
+      epochs = sorted(per_epoch)
+      mean = np.array([np.mean(per_epoch[e]) for e in epochs])
+      std = np.array([np.std(per_epoch[e]) for e in epochs])
+      ax.plot(epochs, mean, marker="o", label=variant)
+      ax.fill_between(epochs, mean - std, mean + std, alpha=0.2)
+    ax.set_xlabel("epoch")
+    ax.set_title(f"{metric.replace('_', ' ')} (mean ± std over seeds that reached the epoch)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def attention_weights(workdir: pathlib.Path, key: str, num_samples: int = 14, seed: int = 0):
+  """The best checkpoint's ``attention[key]`` weights for ``num_samples`` random test rows."""
+  import jax
+  from ctrjax.data import loader
+  from ctrjax.train import trainer
+  setup, state, _ = trainer.load_best(workdir)
+  rows = np.sort(np.random.default_rng(seed).choice(setup.dataset.num_rows("test"), num_samples, replace=False))
+  batch = setup.layout.unpack(setup.layout.pack(
+      loader.gather(setup.dataset, "test", rows, np.ones(num_samples, np.float32))))
+  variables = {"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
+  out = state.apply_fn(variables, batch, train=False)
+  if key not in out.get("attention", {}):
+    raise KeyError(f"{workdir}: the model returns no attention[{key!r}] "
+                   f"(has {sorted(out.get('attention', {}))})")
+  return np.asarray(jax.device_get(out["attention"][key])), rows
+
+
+def _plot_attention(workdir, key, labels, path, title):
+  weights, rows = attention_weights(workdir, key)
+  fig, ax = plt.subplots(figsize=(1.1 * weights.shape[1] + 2.5, 0.42 * weights.shape[0] + 1.8))
+  im = ax.imshow(weights, cmap="viridis", aspect="auto", vmin=0.0)
+  ax.set_xticks(range(weights.shape[1]), labels[:weights.shape[1]], rotation=30, ha="right")
+  ax.set_yticks(range(len(rows)), [f"test row {r}" for r in rows])
+  for i in range(weights.shape[0]):
+    for j in range(weights.shape[1]):
+      ax.text(j, i, f"{weights[i, j]:.2f}", ha="center", va="center", fontsize=7,
+              color="white" if weights[i, j] < weights.max() * 0.6 else "black")
+  fig.colorbar(im, ax=ax, label="attention weight")
+  ax.set_title(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)

@@ -1,0 +1,106 @@
+"""Grid runner: table statistics, figures, and a killed grid resuming to the identical table."""
+import csv
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from experiments import grid as grid_lib
+from data_prep import synthetic
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+GRID_CONFIG = '''
+from configs import base
+from experiments.grid import Grid
+
+
+def get_config(arg=None):
+  c = base.get_config("quick")
+  c.num_epochs = 1
+  c.dataset.name, c.dataset.path = "path", "{dataset}"
+  c.model.hidden, c.batch_size, c.eval_batch_size, c.progress_bar = (16,), 64, 256, False
+  c.checkpoint_every_steps = 10
+  return c
+
+
+def get_grid(arg=None):
+  return Grid(name="toy_grid", variants={{"sum": {{}}, "mean": {{"model.pooling": "mean"}}}},
+              seeds=(0, 1), reference="sum", sections={{"Pooling": ("sum", "mean")}}, curves=("sum", "mean"))
+'''
+
+
+@pytest.fixture(scope="module")
+def grid_config(tmp_path_factory):
+  d = tmp_path_factory.mktemp("grid")
+  ds = synthetic.generate(d / "ds", num_rows=2500, num_items=200, num_users=50, max_len=6, seed=1)
+  path = d / "toy_grid.py"
+  path.write_text(GRID_CONFIG.format(dataset=ds))
+  return path
+
+
+def _run(config_path, workdir, *extra, check=True):
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+  cmd = [sys.executable, "-m", "ctrjax.main", "run", f"--config={config_path}", f"--workdir={workdir}", *extra]
+  proc = subprocess.run(cmd, cwd=workdir.parent, env={**env, "PYTHONPATH": str(REPO)},
+                        capture_output=True, text=True, timeout=300)
+  if check and proc.returncode != 0:
+    raise AssertionError(f"{cmd} failed:\n{proc.stderr[-3000:]}")
+  return proc
+
+
+def _table(results_dir):
+  with open(results_dir / "table.csv") as fh:
+    return [{k: v for k, v in row.items() if k != "seconds_per_epoch"} for row in csv.DictReader(fh)]
+
+
+@pytest.fixture(scope="module")
+def finished_grid(grid_config, tmp_path_factory):
+  root = tmp_path_factory.mktemp("full") / "runs"
+  _run(grid_config, root)
+  return root
+
+
+def test_grid_writes_table_with_statistics_and_figures(finished_grid):
+  results = finished_grid.parent / "results" / "toy_grid" / "path"
+  rows = {r["variant"]: r for r in _table(results)}
+  assert set(rows) == {"sum", "mean"} and rows["sum"]["seeds"] == "2"
+  aucs = {v: [float(__import__("json").loads((finished_grid / v / f"seed{s}" / "result.json").read_text())["test"]["auc"])
+              for s in (0, 1)] for v in ("sum", "mean")}
+  assert float(rows["mean"]["auc_mean"]) == pytest.approx(np.mean(aucs["mean"]))
+  assert float(rows["mean"]["auc_std"]) == pytest.approx(np.std(aucs["mean"], ddof=1))
+  assert float(rows["mean"]["p_value"]) == pytest.approx(
+      stats.ttest_ind(aucs["mean"], aucs["sum"], equal_var=False).pvalue)
+  assert float(rows["mean"]["rela_impr_pct"]) == pytest.approx(
+      ((np.mean(aucs["mean"]) - 0.5) / (np.mean(aucs["sum"]) - 0.5) - 1) * 100)
+  assert float(rows["sum"]["delta_auc"]) == 0.0 and rows["sum"]["p_value"] == "nan"
+  markdown = (results / "table.md").read_text()
+  assert "## Pooling" in markdown and "| mean | 2 |" in markdown
+  for png in ("ablation.png", "curves.png"):
+    assert (results / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_killed_grid_resumes_to_the_identical_table(grid_config, finished_grid, tmp_path):
+  root = tmp_path / "runs"
+  proc = _run(grid_config, root, "--config.debug.kill_at_step=25", check=False)
+  assert proc.returncode == -9                              # killed inside the first run
+  assert not (root / "sum" / "seed0" / "result.json").exists()
+  proc = _run(grid_config, root)
+  assert "resumed from step 20" in proc.stdout
+  assert _table(tmp_path / "results" / "toy_grid" / "path") == _table(
+      finished_grid.parent / "results" / "toy_grid" / "path")
+  proc = _run(grid_config, root)                            # everything done: all skipped
+  assert proc.stdout.count("done, skipped") == 4
+
+
+def test_grid_rejects_unknown_variants_and_override_keys():
+  with pytest.raises(ValueError, match="unknown variants"):
+    grid_lib.Grid(name="g", variants={"a": {}}, seeds=(0,), reference="a", curves=("b",))
+  from configs import base
+  with pytest.raises(KeyError, match="model.pooling_typo"):
+    grid_lib.with_overrides(base.get_config(), {"model.pooling_typo": "x"}, seed=0)
