@@ -39,6 +39,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       name="adam", learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8, grad_clip_norm=0.0))
   c.early_stopping = ml_collections.ConfigDict(dict(metric="auc", mode="max", patience=2))
   c.lr_decay_on_plateau = 1.0          # multiply the LR by this after a non-improving epoch (1 = off)
+  c.regularizer = ml_collections.ConfigDict(dict(
+      mode="none",                     # none | mba (DIN eq. 4-7) | touched | full_table (embeddings only)
+      weight=0.0))                     # lambda
   c.gauc_group = "user"                # meta field grouping GAUC ('' = no GAUC)
   c.num_devices = 0                    # 0 = every device (data parallel over all of them)
 

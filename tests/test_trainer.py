@@ -46,7 +46,8 @@ def test_train_step_compiles_once(dataset):
   setup = trainer.Setup(_config(dataset))
   src = setup.source("train", train=True)
   state = setup.init_state(src[0])
-  traced = chex.assert_max_traces(lambda s, b, r: step_lib.train_step(s, setup.layout.unpack(b), r), n=1)
+  traced = chex.assert_max_traces(
+      lambda s, b, r: step_lib.train_step(s, setup.layout.unpack(b), r, setup.regularizer), n=1)
   step = jax.jit(traced, donate_argnums=0)
   losses = []
   for i in range(4):
@@ -96,8 +97,10 @@ def _metrics(workdir):
 
 
 def _result(workdir):
+  """result.json without the fields that differ between an interrupted and a straight run."""
   r = json.loads((pathlib.Path(workdir) / "result.json").read_text())
   r.pop("resumed_from_step")
+  r.pop("seconds_per_epoch")
   return r
 
 
@@ -147,8 +150,8 @@ def test_result_and_logs_are_written(uninterrupted):
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(dataset, tmp_path, monkeypatch):
   real_step = step_lib.train_step
 
-  def poisoned(state, batch, rng):
-    state, m = real_step(state, batch, rng)
+  def poisoned(state, batch, rng, regularizer):
+    state, m = real_step(state, batch, rng, regularizer)
     return state, {**m, "loss": jax.numpy.where(state.step >= 33, jax.numpy.nan, m["loss"])}
 
   monkeypatch.setattr(step_lib, "train_step", poisoned)
@@ -260,3 +263,22 @@ def test_model_fields_that_do_not_fit_the_model_are_named(dataset):
   config = _config(dataset, model_name="lr")                    # base_model's fields, LR's class
   with pytest.raises(ValueError, match=r"config.model does not fit model 'lr'.*unexpected keyword argument"):
     trainer.Setup(config)
+
+
+@pytest.mark.parametrize("mode,untouched_rows_move", [("touched", False), ("mba", False), ("full_table", True)])
+def test_regularizer_in_the_step_touches_only_batch_rows(dataset, mode, untouched_rows_move):
+  setup = trainer.Setup(_config(dataset, **{"regularizer.mode": mode, "regularizer.weight": 0.1}))
+  src = setup.source("train", train=True)
+  state = setup.init_state(src[0])
+  table0 = np.asarray(jax.device_get(state.params["embedding"]["item_id"]))
+  seen = set()
+  for i in range(3):
+    b = src[i]
+    seen |= set(np.unique(b["item"]["item_id"])) | set(np.unique(b["behavior"]["hist_item_id"]))
+    state, m = setup.train_step(state, setup.to_device(b), setup.rng)
+    assert float(m["penalty"]) > 0
+  table = np.asarray(jax.device_get(state.params["embedding"]["item_id"]))
+  untouched = np.array(sorted(set(range(2, table.shape[0])) - seen))
+  assert len(untouched) > 0
+  moved = np.any(table[untouched] != table0[untouched])
+  assert moved == untouched_rows_move

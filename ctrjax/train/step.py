@@ -12,10 +12,12 @@ from flax.training import train_state
 
 from ctrjax.data.packing import BatchLayout
 from ctrjax.train import mesh as mesh_lib
+from ctrjax.train.regularizers import EmbeddingRegularizer
 
 
 class TrainState(train_state.TrainState):
   batch_stats: Any = None
+  row_weights: Any = None        # per-table embedding-row weights of the regulariser (data, not constants)
 
 
 def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -44,13 +46,15 @@ def with_learning_rate(state: TrainState, lr: float) -> TrainState:
       hyperparams={**state.opt_state.hyperparams, "learning_rate": new}))
 
 
-def create_train_state(model: nn.Module, tx, sample_batch: dict, rng: jax.Array, mesh) -> TrainState:
+def create_train_state(model: nn.Module, tx, sample_batch: dict, rng: jax.Array, mesh,
+                       regularizer: EmbeddingRegularizer) -> TrainState:
   """Initialises parameters inside jit, directly replicated over the mesh."""
   def init(rng):
     params_rng, dropout_rng = jax.random.split(rng)
     variables = model.init({"params": params_rng, "dropout": dropout_rng}, sample_batch, train=False)
     return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                             batch_stats=variables.get("batch_stats", {}))
+                             batch_stats=variables.get("batch_stats", {}),
+                             row_weights=regularizer.row_weights())
   state = jax.jit(init, out_shardings=mesh_lib.replicated(mesh))(rng)
   return state.replace(step=jax.device_put(jnp.asarray(state.step, jnp.int32), mesh_lib.replicated(mesh)))
 
@@ -65,19 +69,23 @@ def _variables(state: TrainState, params) -> dict:
   return {"params": params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
 
 
-def train_step(state: TrainState, batch: dict, rng: jax.Array) -> tuple[TrainState, dict]:
-  """One optimisation step on a global batch; dropout keys fold in the step, so the stream of
-  keys is a function of (seed, step) alone (exact resume, same result on any device count)."""
+def train_step(state: TrainState, batch: dict, rng: jax.Array,
+               regularizer: EmbeddingRegularizer | None = None) -> tuple[TrainState, dict]:
+  """One optimisation step on a global batch: BCE plus the embedding penalty. Dropout keys fold in
+  the step, so they are a function of (seed, step) alone (exact resume, any device count)."""
   rng = jax.random.fold_in(rng, state.step)
 
   def loss_fn(params):
     out, updates = state.apply_fn(_variables(state, params), batch, train=True,
                                   rngs={"dropout": rng}, mutable=["batch_stats"])
-    return weighted_bce(out["logit"], batch["label"], batch["weight"]), updates
+    bce = weighted_bce(out["logit"], batch["label"], batch["weight"])
+    penalty = (regularizer.penalty(params["embedding"], batch, state.row_weights)
+               if regularizer is not None else jnp.zeros(()))
+    return bce + penalty, (bce, penalty, updates)
 
-  (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (_, (bce, penalty, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats))
-  return state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+  return state, {"loss": bce, "penalty": penalty, "grad_norm": optax.tree.norm(grads)}
 
 
 def predict_step(state: TrainState, batch: dict) -> jax.Array:
@@ -85,10 +93,10 @@ def predict_step(state: TrainState, batch: dict) -> jax.Array:
   return jax.nn.sigmoid(out["logit"])
 
 
-def jit_steps(mesh, layout: BatchLayout):
+def jit_steps(mesh, layout: BatchLayout, regularizer: EmbeddingRegularizer):
   """The jitted train (state donated) and predict steps on packed batches, outputs replicated."""
   repl = mesh_lib.replicated(mesh)
-  train = jax.jit(lambda state, packed, rng: train_step(state, layout.unpack(packed), rng),
+  train = jax.jit(lambda state, packed, rng: train_step(state, layout.unpack(packed), rng, regularizer),
                   donate_argnums=0, out_shardings=(repl, repl))
   predict = jax.jit(lambda state, packed: predict_step(state, layout.unpack(packed)),
                     out_shardings=repl)

@@ -30,6 +30,7 @@ from ctrjax.models import get_model
 from ctrjax.train import mesh as mesh_lib
 from ctrjax.train import step as step_lib
 from ctrjax.train.checkpoint import Checkpointer
+from ctrjax.train.regularizers import EmbeddingRegularizer
 
 # Config fields that may differ between a run and its resumption.
 _RESUME_FREE = ("workdir", "debug", "log_every_steps", "loader", "progress_bar")
@@ -96,7 +97,9 @@ class Setup:
       raise ValueError(f"config.model does not fit model {config.model_name!r}: {e}") from None
     self.tx = step_lib.make_optimizer(config.optimizer)
     self.layout = BatchLayout.from_schema(self.dataset.schema)
-    self.train_step, self.predict = step_lib.jit_steps(self.mesh, self.layout)
+    self.regularizer = EmbeddingRegularizer.build(
+        self.dataset.schema, self.dataset.counts, config.regularizer.mode, config.regularizer.weight)
+    self.train_step, self.predict = step_lib.jit_steps(self.mesh, self.layout, self.regularizer)
     self.rng = jax.device_put(jax.random.PRNGKey(config.seed), mesh_lib.replicated(self.mesh))
 
   def source(self, split: str, train: bool) -> loader.EpochBatchSource:
@@ -117,7 +120,7 @@ class Setup:
   def init_state(self, sample_local_batch) -> step_lib.TrainState:
     sample = jax.jit(self.layout.unpack)(self.to_device(sample_local_batch))
     init_rng = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), 1)
-    return step_lib.create_train_state(self.model, self.tx, sample, init_rng, self.mesh)
+    return step_lib.create_train_state(self.model, self.tx, sample, init_rng, self.mesh, self.regularizer)
 
   def evaluate(self, state, split: str) -> dict:
     """Exact metrics over every row of ``split`` (last batch padded with weight 0)."""
