@@ -1,0 +1,58 @@
+"""Masked attention pooling shared by the sequence models (DIN, FESeq, MIAN, ...).
+
+Masks are True at valid positions. Masked scores are filled with -1e9, not -inf, so a row with
+no valid position yields zero weights and a zero pooled vector instead of NaN (models.md §1.1).
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+MASK_FILL = -1e9
+
+_SCORES = {"tanh": jnp.tanh, "linear": lambda s: s}
+
+
+def score_activation(name: str):
+  """Score function by config name: "tanh" (MIAN eq. 8) or "linear"."""
+  if name not in _SCORES:
+    raise ValueError(f"unknown attention score {name!r}; choose from {sorted(_SCORES)}")
+  return _SCORES[name]
+
+
+def masked_softmax(scores: jax.Array, mask: jax.Array, axis: int = -1) -> jax.Array:
+  """Softmax over the positions where ``mask`` is True; all-zero for a row with none."""
+  weights = jax.nn.softmax(jnp.where(mask, scores, MASK_FILL), axis=axis)
+  return jnp.where(mask, weights, 0.0)
+
+
+@jax.jit
+def attention_pool(scores: jax.Array, values: jax.Array, mask: jax.Array):
+  """(Σ_t α_t v_t [B, D], α [B, T]) with α = masked softmax of ``scores`` [B, T] over ``values``
+  [B, T, D]; zeros for an empty row. The weighted sum is element-wise rather than a matmul so it
+  stays exact float32 on GPUs whose default matmul precision is TF32."""
+  alpha = masked_softmax(scores, mask)
+  return jnp.sum(alpha[..., None] * values, axis=-2), alpha
+
+
+class ScoredAttentionPool(nn.Module):
+  """Scores each token with s_t = f(V_t · w + b) (f = tanh or identity) and pools by
+  ``attention_pool``.
+
+  per_token_weights: False shares one (w, b) over positions (MIAN's IBIM); True gives each
+  position its own (w_t, b_t) (IUIM/ICIM field-specific W^j, b^j; GIM's W_l). A bias shared by
+  every token cancels in the softmax under the linear score, so that case has no bias at all.
+  """
+  score: str = "tanh"
+  per_token_weights: bool = False
+  kernel_init: nn.initializers.Initializer = nn.initializers.truncated_normal(stddev=0.02)
+
+  @nn.compact
+  def __call__(self, values: jax.Array, mask: jax.Array):
+    activation = score_activation(self.score)
+    shape = values.shape[-2:] if self.per_token_weights else values.shape[-1:]
+    scores = jnp.sum(values * self.param("kernel", self.kernel_init, shape), axis=-1)
+    if self.per_token_weights or self.score != "linear":
+      scores = scores + self.param("bias", nn.initializers.zeros, shape[:-1])
+    return attention_pool(activation(scores), values, mask)
