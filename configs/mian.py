@@ -31,7 +31,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       score="tanh",                    # tanh(V w + b) (paper) | linear
       gim_combine="sum",               # sum: project to a common width | concat
       gim_width=ml_collections.FieldReference(None, field_type=int),  # sum's width (None: 2 x item token)
-      init_std=0.02))
+      init_std=0.02,                   # truncated-normal std of embeddings and attention kernels
+      mlp_init="xavier_normal"))       # prediction MLP kernels; "truncated_normal" = the paper (collapses, see mian.py)
   c.batch_size = 128
   c.regularizer.mode = "mba"
   c.regularizer.weight = 1e-3

@@ -176,19 +176,27 @@ class MianTest(chex.TestCase, parameterized.TestCase):
     chex.assert_tree_all_finite(train)
     assert np.abs(np.asarray(train - eval_logit)).min() > 0
 
-  def test_initialisation_follows_the_paper(self):
+  @parameterized.parameters("truncated_normal", "xavier_normal")
+  def test_initialisation_follows_the_paper_except_the_mlp_switch(self, mlp_init):
     """Truncated normal (std init_std, cut at 2 std) for kernels and embeddings, biases 0,
-    LayerNorm scale 1."""
-    params = jax.jit(functools.partial(_model().init, train=False))(jax.random.PRNGKey(0), _batch())
-    weights = []
+    LayerNorm scale 1; the prediction MLP's kernels follow mlp_init (xavier by default, because
+    the paper's 0.02 lets its ReLUs die; see the model docstring)."""
+    params = jax.jit(functools.partial(_model(mlp_init=mlp_init).init, train=False))(
+        jax.random.PRNGKey(0), _batch())
+    weights, mlp_kernels = [], []
     for path, p in jax.tree_util.tree_leaves_with_path(params["params"]):
       p, leaf = np.asarray(p), path[-1].key
       if leaf in ("bias", "scale"):
         np.testing.assert_array_equal(p, float(leaf == "scale"), err_msg=jax.tree_util.keystr(path))
+      elif path[0].key == "mlp" and mlp_init == "xavier_normal":
+        mlp_kernels.append(p)
       else:
         assert np.abs(p).max() <= 0.04, jax.tree_util.keystr(path)
         weights.append(p.ravel())
     assert 0.015 < np.concatenate(weights).std() < 0.02          # 0.88 x 0.02 when cut at 2 std
+    for k in mlp_kernels:                                        # xavier: std sqrt(2 / (in + out))
+      assert 0.6 < k.std() / np.sqrt(2.0 / sum(k.shape)) < 1.4, k.shape
+    assert len(mlp_kernels) == (3 if mlp_init == "xavier_normal" else 0)
 
   def test_parameter_tree_follows_the_switches(self):
     shapes = lambda **switches: _model_variables(_model(**switches))["params"]
