@@ -52,7 +52,16 @@ class ScoredAttentionPool(nn.Module):
   def __call__(self, values: jax.Array, mask: jax.Array):
     activation = score_activation(self.score)
     shape = values.shape[-2:] if self.per_token_weights else values.shape[-1:]
-    scores = jnp.sum(values * self.param("kernel", self.kernel_init, shape), axis=-1)
+    scores = jnp.sum(values * self.param("kernel", self._init_score_vectors, shape), axis=-1)
     if self.per_token_weights or self.score != "linear":
       scores = scores + self.param("bias", nn.initializers.zeros, shape[:-1])
     return attention_pool(activation(scores), values, mask)
+
+  def _init_score_vectors(self, key, shape, dtype=jnp.float32):
+    """Each score vector is a (width -> 1) Dense kernel: initialise it as one, so fan-based
+    initialisers (Xavier) see fan_in = width and fan_out = 1."""
+    width = shape[-1]
+    if len(shape) == 1:
+      return self.kernel_init(key, (width, 1), dtype)[:, 0]
+    keys = jax.random.split(key, shape[0])
+    return jax.vmap(lambda k: self.kernel_init(k, (width, 1), dtype)[:, 0])(keys)
