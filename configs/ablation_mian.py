@@ -30,7 +30,7 @@ VARIANTS = {
 DATASETS = ("ml-latest-small", "ml-100k", "synthetic")
 # Planted signal in the user and behaviour groups, none in the context group: removing ICIM should
 # cost nothing, removing IUIM or IBIM should cost AUC.
-SYNTHETIC = dict(num_rows=200_000, num_items=20_000, num_users=5_000, signal_user=1.0,
+SYNTHETIC = dict(num_rows=100_000, num_items=10_000, num_users=2_000, signal_user=1.0,
                  signal_context=0.0, signal_behavior=1.0, seed=0)
 GIM_TOKENS = ("e_i (item)", "e_c (context)", "e_b (behaviour)", "e_u (user)", "R_ibim", "R_iuim", "R_icim")
 
