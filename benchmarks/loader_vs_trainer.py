@@ -16,7 +16,6 @@ import platform
 import time
 
 import jax
-import numpy as np
 
 from configs import base as base_config
 from ctrjax.data import loader

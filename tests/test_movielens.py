@@ -5,7 +5,6 @@ import json
 import os
 import pathlib
 import shutil
-import sys
 
 import numpy as np
 import pytest

@@ -1,7 +1,6 @@
 """Synthetic CTR generator: on-disk format, determinism, planted signal, prepare() caching."""
 import json
 import pathlib
-import sys
 
 import numpy as np
 import pytest
