@@ -282,3 +282,12 @@ def test_regularizer_in_the_step_touches_only_batch_rows(dataset, mode, untouche
   assert len(untouched) > 0
   moved = np.any(table[untouched] != table0[untouched])
   assert moved == untouched_rows_move
+
+
+def test_undefined_early_stopping_metric_is_a_clear_error(dataset, tmp_path, monkeypatch):
+  real_evaluate = trainer.Setup.evaluate
+  monkeypatch.setattr(trainer.Setup, "evaluate",
+                      lambda self, state, split: {**real_evaluate(self, state, split), "gauc": float("nan")})
+  config = _config(dataset, **{"early_stopping.metric": "gauc"})
+  with pytest.raises(ValueError, match=r"valid gauc is nan after epoch 1.*dataset.holdout >= 2"):
+    trainer.train_and_evaluate(config, tmp_path / "nan_gauc")

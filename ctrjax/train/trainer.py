@@ -232,6 +232,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                 "learning_rate": step_lib.learning_rate(state),
                 "seconds": time.time() - t_epoch}
       value = valid[es.metric]
+      if not np.isfinite(value):
+        raise ValueError(f"valid {es.metric} is {value} after epoch {epoch}, so early stopping cannot "
+                         f"compare epochs (GAUC needs users with both classes: dataset.holdout >= 2); "
+                         f"set config.early_stopping.metric to 'auc' or 'logloss'")
       improved = progress["best"] is None or (value > progress["best"] if es.mode == "max"
                                               else value < progress["best"])
       if improved:
