@@ -9,7 +9,6 @@ are interleaved in two rounds so that machine noise hits all of them alike. Prin
 writes benchmarks/results/train_throughput.json.
 """
 import argparse
-import importlib.util
 import json
 import pathlib
 import platform
@@ -18,16 +17,14 @@ import time
 import jax
 import numpy as np
 
+from ctrjax.main import load_config_module
 from ctrjax.train import trainer
 
 OUT = pathlib.Path(__file__).parent / "results" / "train_throughput.json"
 
 
 def _config(path: str, dataset: str, batch: int):
-  spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config()
+  c = load_config_module(path).get_config()
   c.dataset.name, c.batch_size = dataset, batch
   return c
 

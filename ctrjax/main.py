@@ -28,7 +28,7 @@ def _default_workdir(config_arg: str) -> pathlib.Path:
   return pathlib.Path("workdirs") / name
 
 
-def _config_module(filename: str):
+def load_config_module(filename: str):
   """The config file as a module (a grid config defines get_grid next to get_config)."""
   path = filename.partition(":")[0]
   spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
@@ -67,7 +67,7 @@ def main(argv):
   if jax.process_index() == 0:
     print(f"workdir {workdir}; devices {jax.device_count()} ({jax.devices()[0].platform}), "
           f"processes {jax.process_count()}", flush=True)
-  module = _config_module(config_arg)
+  module = load_config_module(config_arg)
   try:
     if hasattr(module, "get_grid"):
       from experiments import grid as grid_lib

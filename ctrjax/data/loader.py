@@ -20,8 +20,7 @@ import grain
 import numpy as np
 
 from ctrjax.data.dataset import Dataset
-
-DEVICE_GROUPS = ("item", "behavior", "user", "context")
+from ctrjax.data.schema import MODEL_GROUPS
 
 
 def gather(dataset: Dataset, split: str, rows: np.ndarray, weight: np.ndarray) -> dict:
@@ -32,7 +31,7 @@ def gather(dataset: Dataset, split: str, rows: np.ndarray, weight: np.ndarray) -
   """
   cols = dataset.columns[split]
   schema = dataset.schema
-  batch: dict = {g: {} for g in (*DEVICE_GROUPS, "meta")}
+  batch: dict = {g: {} for g in (*MODEL_GROUPS, "meta")}
   for f in schema.fields:
     if f.group != "label":
       batch[f.group][f.name] = cols[f.name][rows]

@@ -14,9 +14,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from ctrjax.data.schema import Schema
-
-MODEL_GROUPS = ("item", "behavior", "user", "context")
+from ctrjax.data.schema import MODEL_GROUPS, Schema
 
 
 @dataclasses.dataclass(frozen=True)

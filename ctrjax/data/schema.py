@@ -13,6 +13,7 @@ import json
 import pathlib
 
 GROUPS = ("item", "behavior", "user", "context", "label", "meta")
+MODEL_GROUPS = ("item", "behavior", "user", "context")      # the groups models embed (on device)
 KINDS = ("categorical", "numeric", "sequence")
 SPLITS = ("train", "valid", "test")
 PAD_ID = 0

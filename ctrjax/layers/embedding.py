@@ -7,9 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ctrjax.data.schema import Schema
-
-MODEL_GROUPS = ("item", "behavior", "user", "context")
+from ctrjax.data.schema import MODEL_GROUPS, Schema
 
 
 def masked_sum(x: jax.Array, mask: jax.Array, axis: int) -> jax.Array:
