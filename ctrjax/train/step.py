@@ -71,8 +71,9 @@ def _variables(state: TrainState, params) -> dict:
 
 def train_step(state: TrainState, batch: dict, rng: jax.Array,
                regularizer: EmbeddingRegularizer | None = None) -> tuple[TrainState, dict]:
-  """One optimisation step on a global batch: BCE plus the embedding penalty. Dropout keys fold in
-  the step, so they are a function of (seed, step) alone (exact resume, any device count)."""
+  """One optimisation step on a global batch: BCE plus the embedding penalty plus the model's
+  optional ``aux_loss`` output. Dropout keys fold in the step, so they are a function of
+  (seed, step) alone (exact resume, any device count)."""
   rng = jax.random.fold_in(rng, state.step)
 
   def loss_fn(params):
@@ -81,11 +82,12 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array,
     bce = weighted_bce(out["logit"], batch["label"], batch["weight"])
     penalty = (regularizer.penalty(params["embedding"], batch, state.row_weights)
                if regularizer is not None else jnp.zeros(()))
-    return bce + penalty, (bce, penalty, updates)
+    aux = out.get("aux_loss", jnp.zeros(()))   # a model's own extra loss (DIEN's auxiliary loss)
+    return bce + penalty + aux, (bce, penalty, aux, updates)
 
-  (_, (bce, penalty, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (_, (bce, penalty, aux, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats))
-  return state, {"loss": bce, "penalty": penalty, "grad_norm": optax.tree.norm(grads)}
+  return state, {"loss": bce, "penalty": penalty, "aux_loss": aux, "grad_norm": optax.tree.norm(grads)}
 
 
 def predict_step(state: TrainState, batch: dict) -> jax.Array:
