@@ -1,8 +1,10 @@
 """Shared layers: embeddings by feature group, MLP, activations, pooling, attention, Transformer."""
-from ctrjax.layers.attention import ScoredAttentionPool, attention_pool, masked_softmax
-from ctrjax.layers.embedding import FeatureEmbedding, masked_mean, masked_sum
-from ctrjax.layers.mlp import MLP, PReLU, activation
-from ctrjax.layers.transformer import TransformerBlock
+from ctrjax.layers.attention import (LocalActivationUnit, ScoredAttentionPool, attention_pool,
+                                     masked_softmax)
+from ctrjax.layers.embedding import (FeatureEmbedding, behavior_aligned_item, masked_mean,
+                                     masked_sum, pooled_fields)
+from ctrjax.layers.mlp import MLP, Dice, PReLU, apply_activation
 
-__all__ = ["FeatureEmbedding", "MLP", "PReLU", "ScoredAttentionPool", "TransformerBlock",
-           "activation", "attention_pool", "masked_mean", "masked_softmax", "masked_sum"]
+__all__ = ["Dice", "FeatureEmbedding", "LocalActivationUnit", "MLP", "PReLU", "ScoredAttentionPool",
+           "apply_activation", "attention_pool", "behavior_aligned_item", "masked_mean",
+           "masked_softmax", "masked_sum", "pooled_fields"]

@@ -9,6 +9,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ctrjax.layers.mlp import MLP
+
 MASK_FILL = -1e9
 
 _SCORES = {"tanh": jnp.tanh, "linear": lambda s: s}
@@ -65,3 +67,38 @@ class ScoredAttentionPool(nn.Module):
       return self.kernel_init(key, (width, 1), dtype)[:, 0]
     keys = jax.random.split(key, shape[0])
     return jax.vmap(lambda k: self.kernel_init(k, (width, 1), dtype)[:, 0])(keys)
+
+
+DIN_WEIGHTINGS = ("raw", "softmax")
+
+
+class LocalActivationUnit(nn.Module):
+  """DIN's local activation unit (DIN paper §4.3, Fig. 2; models.md §2.5).
+
+  For query q [B, D] and keys K [B, T, D]: u_t = [q ; k_t ; q − k_t ; q ∘ k_t] (the paper's "out
+  product" is the element-wise product, per its authors), s_t = MLP(u_t) -> one unnormalised
+  score. weighting 'raw' (the paper): a_t = s_t at valid positions, 0 at padding, no
+  normalisation, so the pooled vector keeps the intensity of the user's interest; 'softmax' (both
+  official codes): a = masked softmax of s (divided by √D when scale_by_sqrt_d, the DIN demo).
+  Returns (Σ_t a_t k_t [B, D], a [B, T]); an empty history gives zeros.
+  """
+  hidden: tuple[int, ...] = (80, 40)
+  activation: str = "dice"
+  weighting: str = "raw"
+  scale_by_sqrt_d: bool = False
+  kernel_init: nn.initializers.Initializer = nn.initializers.xavier_normal()
+
+  @nn.compact
+  def __call__(self, query: jax.Array, keys: jax.Array, mask: jax.Array, train: bool = False):
+    if self.weighting not in DIN_WEIGHTINGS:
+      raise ValueError(f"din attention weighting={self.weighting!r}; choose from {DIN_WEIGHTINGS}")
+    q = jnp.broadcast_to(query[:, None, :], keys.shape)
+    units = jnp.concatenate([q, keys, q - keys, q * keys], axis=-1)             # [B, T, 4D]
+    scores = MLP(self.hidden, self.activation, output_dim=1, kernel_init=self.kernel_init,
+                 name="scorer")(units, train)[..., 0]                            # [B, T]
+    if self.weighting == "softmax":
+      if self.scale_by_sqrt_d:
+        scores = scores / jnp.sqrt(keys.shape[-1])
+      return attention_pool(scores, keys, mask)
+    weights = jnp.where(mask, scores, 0.0)
+    return jnp.sum(weights[..., None] * keys, axis=-2), weights

@@ -18,17 +18,50 @@ class PReLU(nn.Module):
     return jnp.where(x >= 0, x, a * x)
 
 
+DICE_VARIANTS = ("paper", "batch_stats")
+
+
+class Dice(nn.Module):
+  """Dice (DIN paper eq. 9): f(s) = p(s)·s + (1 − p(s))·α·s, p(s) = σ((s − E[s]) / √(Var[s] + ε)).
+
+  Statistics are per channel over every other axis (for [B, T, H] attention inputs: over B·T,
+  padding included, as FuxiCTR/DeepCTR). variant 'paper' (FuxiCTR, models.md §2.3): mini-batch
+  statistics in training, moving averages (momentum 0.99) at evaluation; 'batch_stats' (the DIEN
+  official code): mini-batch statistics at evaluation too. α per channel, initialised to 0; no
+  affine scale/shift inside p. A batch of identical rows has Var = 0 and gives p = 0.5, not NaN.
+  """
+  variant: str = "paper"
+  epsilon: float = 1e-8              # the paper's ε (FuxiCTR uses 1e-9)
+  momentum: float = 0.99
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    if self.variant not in DICE_VARIANTS:
+      raise ValueError(f"Dice variant={self.variant!r}; choose from {DICE_VARIANTS}")
+    use_running_average = not train and self.variant == "paper"
+    normalized = nn.BatchNorm(use_running_average=use_running_average, momentum=self.momentum,
+                              epsilon=self.epsilon, use_bias=False, use_scale=False,
+                              name="statistics")(x)
+    p = jax.nn.sigmoid(normalized)
+    alpha = self.param("alpha", nn.initializers.zeros, (x.shape[-1],))
+    return p * x + (1.0 - p) * alpha * x
+
+
 _PLAIN = {"relu": nn.relu, "sigmoid": nn.sigmoid, "tanh": jnp.tanh, "leaky_relu": nn.leaky_relu,
           "identity": lambda x: x}
+ACTIVATIONS = (*_PLAIN, "prelu", "dice")
 
 
-def activation(name: str):
-  """Activation by config name; parametric ones are fresh modules (own parameters per layer)."""
+def apply_activation(name: str, x: jax.Array, train: bool) -> jax.Array:
+  """Applies the activation ``name``; called inside a compact module, so parametric ones (PReLU,
+  Dice) become child modules with their own parameters (one per layer)."""
   if name == "prelu":
-    return PReLU()
+    return PReLU()(x)
+  if name == "dice":
+    return Dice()(x, train)
   if name in _PLAIN:
-    return _PLAIN[name]
-  raise ValueError(f"unknown activation {name!r}; choose from {sorted([*_PLAIN, 'prelu'])}")
+    return _PLAIN[name](x)
+  raise ValueError(f"unknown activation {name!r}; choose from {sorted(ACTIVATIONS)}")
 
 
 class MLP(nn.Module):
@@ -46,7 +79,7 @@ class MLP(nn.Module):
       x = nn.Dense(width, kernel_init=self.kernel_init)(x)
       if self.batch_norm:
         x = nn.BatchNorm(use_running_average=not train)(x)
-      x = activation(self.activation)(x)
+      x = apply_activation(self.activation, x, train)
       if self.dropout:
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
     if self.output_dim is not None:

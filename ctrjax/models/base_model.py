@@ -3,6 +3,7 @@
 A behaviour is the concatenation of its fields' embeddings (e.g. item id ⊕ genres); the user's
 behaviours are sum-pooled over non-padding positions (paper eq. 1); user, candidate item, pooled
 behaviours and context are concatenated and fed to an MLP (200-80, PReLU in the paper's setup).
+id_dropout is the paper's "Dropout" regulariser (§6.5: 50% of the feature ids of each sample).
 """
 from typing import Sequence
 
@@ -10,7 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ctrjax.data.schema import Schema
-from ctrjax.layers import MLP, FeatureEmbedding, masked_mean, masked_sum
+from ctrjax.layers import MLP, FeatureEmbedding, pooled_fields
 
 
 class Model(nn.Module):
@@ -22,17 +23,14 @@ class Model(nn.Module):
   batch_norm: bool = False
   pooling: str = "sum"          # 'sum' (paper) or 'mean'
   init_std: float = 0.02
+  id_dropout: float = 0.0
 
   @nn.compact
   def __call__(self, batch: dict, train: bool = False) -> dict:
-    emb = FeatureEmbedding(self.schema, self.embed_dim,
-                           nn.initializers.truncated_normal(self.init_std), name="embedding")(batch)
-    parts = [v for g in ("user", "item", "context") for v in emb[g].values()]
-    if emb["behavior"]:
-      behaviors = jnp.concatenate(list(emb["behavior"].values()), axis=-1)       # [B, T, D_b]
-      pool = {"sum": masked_sum, "mean": masked_mean}[self.pooling]
-      parts.append(pool(behaviors, batch["behavior"]["mask"], axis=1))
-    x = jnp.concatenate(parts, axis=-1)
+    emb = FeatureEmbedding(self.schema, self.embed_dim, nn.initializers.truncated_normal(self.init_std),
+                           self.id_dropout, name="embedding")(batch, train)
+    fields = pooled_fields(emb, batch["behavior"]["mask"] if emb["behavior"] else None, self.pooling)
+    x = jnp.concatenate(list(fields.values()), axis=-1)
     logit = MLP(self.hidden, self.activation, self.dropout, self.batch_norm, output_dim=1,
                 name="mlp")(x, train)
     return {"logit": logit[:, 0]}
