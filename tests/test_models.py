@@ -42,7 +42,7 @@ def _batch(seed=0, empty_history=False):
 class ModelTest(chex.TestCase, parameterized.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)
-  @parameterized.parameters("lr", "base_model")
+  @parameterized.parameters("lr", "base_model", "din", "wide_deep", "pnn", "deepfm")
   def test_logit_shape_and_finite_on_empty_history(self, name):
     model = get_model(name)(schema=SCHEMA)
     variables = model.init(jax.random.PRNGKey(0), _batch(), train=False)

@@ -1,0 +1,36 @@
+"""DeepFM (Guo et al., IJCAI'17; models.md §12): logit = first order + FM + DNN, sharing embeddings.
+
+Field vectors f_1..f_F [B, d] as in BaseModel (behaviour fields sum-pooled; models.md §14 notes
+a pooled history is one field, not one feature per behaviour as in the original FM). FM term
+Σ_{i<j} ⟨f_i, f_j⟩ by the sum-square trick; DNN over [f_1 ; ... ; f_F]; first-order weights
+per id (FirstOrder, behaviours mean-pooled).
+"""
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from ctrjax.data.schema import Schema
+from ctrjax.layers import MLP, FeatureEmbedding, pooled_fields
+from ctrjax.layers.interaction import FirstOrder, fm_pairwise
+
+
+class Model(nn.Module):
+  schema: Schema
+  embed_dim: int = 16
+  hidden: Sequence[int] = (200, 80)
+  activation: str = "prelu"
+  dropout: float = 0.0
+  batch_norm: bool = False
+  pooling: str = "sum"
+  init_std: float = 0.02
+
+  @nn.compact
+  def __call__(self, batch: dict, train: bool = False) -> dict:
+    emb = FeatureEmbedding(self.schema, self.embed_dim, nn.initializers.truncated_normal(self.init_std),
+                           name="embedding")(batch)
+    mask = batch["behavior"]["mask"] if emb["behavior"] else None
+    fields = jnp.stack(list(pooled_fields(emb, mask, self.pooling).values()), axis=1)   # [B, F, d]
+    deep = MLP(self.hidden, self.activation, self.dropout, self.batch_norm, output_dim=1, name="mlp")(
+        fields.reshape(fields.shape[0], -1), train)[:, 0]
+    return {"logit": FirstOrder(self.schema, name="first_order")(batch) + fm_pairwise(fields) + deep}
