@@ -18,10 +18,16 @@ def _prepare(cfg: ml_collections.ConfigDict) -> pathlib.Path:
     from data_prep import movielens
     return movielens.prepare(cfg.name, cfg.out_root, raw_dir=cfg.raw_dir or None,
                              protocol=cfg.protocol, max_len=cfg.max_len, holdout=cfg.holdout)
+  if cfg.name == "amazon":
+    from data_prep import amazon
+    options = cfg.get("amazon")
+    return amazon.prepare(cfg.out_root, raw_dir=cfg.raw_dir or None, max_len=cfg.max_len,
+                          **(options.to_dict() if options else {}))
   if cfg.name == "synthetic":
     from data_prep import synthetic
     return synthetic.prepare(cfg.out_root, **cfg.synthetic.to_dict())
-  raise ValueError(f"config.dataset.name={cfg.name!r}; choose from {[*MOVIELENS, 'synthetic', 'path']}")
+  raise ValueError(f"config.dataset.name={cfg.name!r}; "
+                   f"choose from {[*MOVIELENS, 'amazon', 'synthetic', 'path']}")
 
 
 def prepare_dataset(cfg: ml_collections.ConfigDict) -> pathlib.Path:
