@@ -4,7 +4,8 @@ from ctrjax.layers.attention import (LocalActivationUnit, ScoredAttentionPool, a
 from ctrjax.layers.embedding import (FeatureEmbedding, behavior_aligned_item, masked_mean,
                                      masked_sum, pooled_fields)
 from ctrjax.layers.mlp import MLP, Dice, PReLU, apply_activation
+from ctrjax.layers.transformer import TransformerBlock
 
 __all__ = ["Dice", "FeatureEmbedding", "LocalActivationUnit", "MLP", "PReLU", "ScoredAttentionPool",
-           "apply_activation", "attention_pool", "behavior_aligned_item", "masked_mean",
-           "masked_softmax", "masked_sum", "pooled_fields"]
+           "TransformerBlock", "apply_activation", "attention_pool", "behavior_aligned_item",
+           "masked_mean", "masked_softmax", "masked_sum", "pooled_fields"]
