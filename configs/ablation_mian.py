@@ -15,7 +15,7 @@ Table 4: the IBIM encoder: Pre-LN Transformer (= full), post-LN (original) Trans
 import ml_collections
 
 from configs import mian
-from experiments.grid import Grid
+from experiments.grid import Grid, parse_arg
 
 VARIANTS = {
     "full": {},
@@ -35,22 +35,8 @@ SYNTHETIC = dict(num_rows=100_000, num_items=10_000, num_users=2_000, signal_use
 GIM_TOKENS = ("e_i (item)", "e_c (context)", "e_b (behaviour)", "e_u (user)", "R_ibim", "R_iuim", "R_icim")
 
 
-def _parse(arg: str | None) -> dict:
-  out = {"quick": False, "dataset": "ml-latest-small"}
-  for token in filter(None, (arg or "").split(",")):
-    key, sep, value = token.partition("=")
-    if not sep and key == "quick":
-      out["quick"] = True
-    elif key == "dataset" and value in DATASETS:
-      out["dataset"] = value
-    else:
-      raise ValueError(f"configs/ablation_mian.py: bad argument {token!r}; use 'quick' and/or "
-                       f"'dataset=' one of {DATASETS}")
-  return out
-
-
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  a = _parse(arg)
+  a = parse_arg(arg, "configs/ablation_mian.py", DATASETS)
   c = mian.get_config()
   c.dataset.name = a["dataset"]
   if a["dataset"] == "synthetic":
@@ -62,7 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def get_grid(arg: str | None = None) -> Grid:
-  a = _parse(arg)
+  a = parse_arg(arg, "configs/ablation_mian.py", DATASETS)
   return Grid(
       name="ablation_mian" + ("_quick" if a["quick"] else ""),
       variants=VARIANTS,

@@ -16,16 +16,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.workdir = ""                       # default: workdirs/<config name>[_<arg>]
 
   c.dataset = ml_collections.ConfigDict()
-  c.dataset.name = "ml-latest-small"   # ml-latest-small | ml-100k | ml-1m | synthetic | path
+  c.dataset.name = "ml-latest-small"   # ml-latest-small | ml-100k | ml-1m | synthetic | amazon | path
   c.dataset.protocol = "din"           # din: rating >= 4 positive; autoint: > 3 pos, < 3 neg, 3 dropped
   c.dataset.max_len = 30               # behaviours kept per sample (most recent)
   c.dataset.holdout = 5                # last 5 samples per user -> test, 5 before -> valid; 1 = strict
                                        # leave-one-out, where GAUC is undefined (1 impression per user)
-  c.dataset.raw_dir = ""               # raw MovieLens files (default: bundled / ../shared)
+  c.dataset.raw_dir = ""               # raw files (MovieLens default: bundled / ../shared)
   c.dataset.out_root = "data/prepared"
   c.dataset.path = ""                  # with name='path': an already prepared dataset directory
   c.dataset.validate = True            # check dtypes, shapes and id ranges on load
   c.dataset.synthetic = ml_collections.ConfigDict(dict(num_rows=100_000, num_items=10_000, seed=0))
+  c.dataset.amazon = ml_collections.ConfigDict(dict(   # name='amazon': reviews_<category>_5.json[.gz]
+      category="Electronics", seed=1234, on_corrupt="skip"))   # in raw_dir (data_prep/amazon.py)
 
   c.model_name = "base_model"          # a module of ctrjax/models/
   c.model = ml_collections.ConfigDict(dict(
@@ -41,8 +43,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.early_stopping = ml_collections.ConfigDict(dict(metric="auc", mode="max", patience=2))
   c.lr_decay_on_plateau = 1.0          # multiply the LR by this after a non-improving epoch (1 = off)
   c.regularizer = ml_collections.ConfigDict(dict(
-      mode="none",                     # none | mba (DIN eq. 4-7) | touched | full_table (embeddings only)
-      weight=0.0))                     # lambda
+      mode="none",                     # none | mba (DIN eq. 4-7) | touched (= DiFacto's) | full_table
+      weight=0.0,                      # lambda
+      filter_table="item_id",          # DIN §6.5 "Filter": keep the filter_top_k most frequent ids
+      filter_top_k=0))                 # of this table, the rest -> OOV (0 = off)
   c.gauc_group = "user"                # meta field grouping GAUC ('' = no GAUC)
   c.num_devices = 0                    # 0 = every device (data parallel over all of them)
 

@@ -40,6 +40,7 @@ class Grid:
   sections: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)  # table parts
   curves: tuple[str, ...] = ()                     # variants whose validation curves are plotted
   attention: tuple[str, str, tuple[str, ...]] | None = None  # (variant, attention key, token labels)
+  relaimpr_metric: str = "auc"                     # RelaImpr on test AUC, or on GAUC (the DIN paper's)
 
   def __post_init__(self):
     if self.reference not in self.variants:
@@ -49,6 +50,23 @@ class Grid:
     unknown = sorted(set(named) - set(self.variants))
     if unknown:
       raise ValueError(f"grid {self.name!r}: sections/curves/attention name unknown variants {unknown}")
+    if self.relaimpr_metric not in ("auc", "gauc"):
+      raise ValueError(f"grid {self.name!r}: relaimpr_metric={self.relaimpr_metric!r}; 'auc' or 'gauc'")
+
+
+def parse_arg(arg: str | None, config_file: str, datasets: tuple[str, ...]) -> dict:
+  """A grid config's argument 'quick' and/or 'dataset=NAME' (comma-separated) -> dict."""
+  out = {"quick": False, "dataset": datasets[0]}
+  for token in filter(None, (arg or "").split(",")):
+    key, sep, value = token.partition("=")
+    if not sep and key == "quick":
+      out["quick"] = True
+    elif key == "dataset" and value in datasets:
+      out["dataset"] = value
+    else:
+      raise ValueError(f"{config_file}: bad argument {token!r}; use 'quick' and/or 'dataset=' one of "
+                       f"{datasets}")
+  return out
 
 
 def with_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any], seed: int):
@@ -105,6 +123,7 @@ def _mean_std(values) -> tuple[float, float]:
 
 def table_rows(grid: Grid, results: dict[str, list[dict]]) -> list[dict]:
   ref_auc = np.array([r["test"]["auc"] for r in results[grid.reference]])
+  ref_relaimpr = np.mean([r["test"][grid.relaimpr_metric] for r in results[grid.reference]])
   rows = []
   for variant, rs in results.items():
     auc = np.array([r["test"]["auc"] for r in rs])
@@ -114,7 +133,7 @@ def table_rows(grid: Grid, results: dict[str, list[dict]]) -> list[dict]:
     row["delta_auc"] = row["auc_mean"] - ref_auc.mean()
     row["p_value"] = (float("nan") if variant == grid.reference or len(rs) < 2
                       else float(stats.ttest_ind(auc, ref_auc, equal_var=False).pvalue))
-    row["rela_impr_pct"] = ((row["auc_mean"] - 0.5) / (ref_auc.mean() - 0.5) - 1.0) * 100.0
+    row["rela_impr_pct"] = ((row[f"{grid.relaimpr_metric}_mean"] - 0.5) / (ref_relaimpr - 0.5) - 1.0) * 100.0
     row["seconds_per_epoch"] = float(np.mean([r["seconds_per_epoch"] for r in rs]))
     row["params_excl_embeddings"] = rs[0]["parameters_excluding_embeddings"]
     row["best_epoch_mean"] = float(np.mean([r["best_epoch"] for r in rs]))
@@ -125,8 +144,8 @@ def table_rows(grid: Grid, results: dict[str, list[dict]]) -> list[dict]:
 def _markdown(grid: Grid, rows: list[dict], title: str) -> str:
   by_name = {r["variant"]: r for r in rows}
   sections = grid.sections or {"": tuple(by_name)}
-  head = ("| variant | seeds | test AUC | test GAUC | test logloss | Δ AUC | p (Welch, AUC) | RelaImpr "
-          "| s/epoch | params (excl. emb.) | best epoch |")
+  head = ("| variant | seeds | test AUC | test GAUC | test logloss | Δ AUC | p (Welch, AUC) "
+          f"| RelaImpr ({grid.relaimpr_metric.upper()}) | s/epoch | params (excl. emb.) | best epoch |")
   lines = [f"# {title}", "",
            f"Mean ± std over seeds; Δ, p and RelaImpr against `{grid.reference}`. p < 0.05 marked *.", ""]
   for section, variants in sections.items():

@@ -167,3 +167,36 @@ def test_every_table3_model_fits_a_planted_signal(name):
     params, stats, opt, value = step(params, stats, opt)
     losses.append(float(value))
   assert losses[-1] < 0.7 * losses[0], losses[::10]
+
+
+def test_frequency_filter_keeps_the_top_k_ids_and_maps_the_rest_to_oov():
+  from ctrjax.data.filter import IdFrequencyFilter
+  counts = {"item_id": np.array([0, 0, 5, 9, 1, 9, 3] + [0] * 23), "genre": np.ones(7), "user_id": np.ones(11)}
+  filt = IdFrequencyFilter(SCHEMA, counts, "item_id", top_k=3)   # keeps 3, 5 (9 each), then 2 (5)
+  batch = _batch(7)
+  batch["item"]["item_id"] = np.array([2, 3, 4, 5, 6, 7, 0, 1], np.int32)
+  out = filt(batch)
+  np.testing.assert_array_equal(out["item"]["item_id"], [2, 3, 1, 5, 1, 1, 0, 1])
+  hist = batch["behavior"]["hist_item_id"]
+  expected = np.where(np.isin(hist, [0, 2, 3, 5]), hist, 1)
+  np.testing.assert_array_equal(out["behavior"]["hist_item_id"], expected)
+  np.testing.assert_array_equal(out["item"]["item_genres"], batch["item"]["item_genres"])   # other tables untouched
+  assert batch["item"]["item_id"][2] == 4                                                     # input not mutated
+  assert "keeping the 3 most frequent of 28 ids" in filt.summary
+  with pytest.raises(ValueError, match="config.regularizer.filter_table='nope'"):
+    IdFrequencyFilter(SCHEMA, counts, "nope", 3)
+
+
+def test_id_dropout_discards_ids_in_training_only_and_keeps_the_expectation():
+  from ctrjax.layers import FeatureEmbedding
+  emb = FeatureEmbedding(SCHEMA, dim=4, embedding_init=jax.nn.initializers.ones, id_dropout=0.5)
+  batch = jax.tree.map(lambda x: np.concatenate([x] * 64), _batch(8))
+  variables = emb.init(jax.random.PRNGKey(0), batch)
+  evaluation = emb.apply(variables, batch)
+  training = emb.apply(variables, batch, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
+  np.testing.assert_array_equal(evaluation["item"]["item_id"], 1.0)
+  values = np.unique(np.asarray(training["item"]["item_id"]))
+  np.testing.assert_array_equal(values, [0.0, 2.0])                       # dropped, or kept x 1/(1-p)
+  assert 0.4 < np.mean(np.asarray(training["item"]["item_id"]) == 0) < 0.6
+  np.testing.assert_array_equal(training["behavior"]["hist_item_id"][:, :2], 0.0)   # padding stays 0
+  chex.assert_trees_all_close(training["behavior"]["hist_item_id"][:, 2:].mean(), 1.0, atol=0.05)

@@ -25,6 +25,7 @@ from tensorboardX import SummaryWriter
 from ctrjax import metrics as metrics_lib
 from ctrjax.data import loader, prepare_dataset
 from ctrjax.data.dataset import Dataset
+from ctrjax.data.filter import IdFrequencyFilter
 from ctrjax.data.packing import BatchLayout
 from ctrjax.models import get_model
 from ctrjax.train import mesh as mesh_lib
@@ -97,6 +98,11 @@ class Setup:
       raise ValueError(f"config.model does not fit model {config.model_name!r}: {e}") from None
     self.tx = step_lib.make_optimizer(config.optimizer)
     self.layout = BatchLayout.from_schema(self.dataset.schema)
+    reg = config.regularizer
+    self.id_filter = (IdFrequencyFilter(self.dataset.schema, self.dataset.counts, reg.filter_table,
+                                        reg.filter_top_k) if reg.filter_top_k else None)
+    if self.id_filter and _is_main():
+      print(self.id_filter.summary, flush=True)
     self.regularizer = EmbeddingRegularizer.build(
         self.dataset.schema, self.dataset.counts, config.regularizer.mode, config.regularizer.weight)
     self.train_step, self.predict = step_lib.jit_steps(self.mesh, self.layout, self.regularizer)
@@ -110,7 +116,10 @@ class Setup:
         process_index=jax.process_index(), process_count=jax.process_count())
 
   def to_device(self, local_batch: dict) -> dict:
-    """Loader batch -> the model's inputs, packed, as global arrays sharded over the mesh."""
+    """Loader batch -> the model's inputs (id filter applied), packed, as global arrays sharded
+    over the mesh."""
+    if self.id_filter:
+      local_batch = self.id_filter(local_batch)
     return mesh_lib.to_global(self.layout.pack(local_batch), self.mesh)
 
   def batches(self, source: loader.EpochBatchSource):
