@@ -23,11 +23,16 @@ def _prepare(cfg: ml_collections.ConfigDict) -> pathlib.Path:
     options = cfg.get("amazon")
     return amazon.prepare(cfg.out_root, raw_dir=cfg.raw_dir or None, max_len=cfg.max_len,
                           **(options.to_dict() if options else {}))
+  if cfg.name in ("criteo", "avazu"):
+    from data_prep import avazu, criteo
+    options = cfg.get(cfg.name)   # e.g. config.dataset.criteo = {min_count, numeric, vocab_rows, seed}
+    module = criteo if cfg.name == "criteo" else avazu
+    return module.prepare(cfg.out_root, raw=cfg.raw_dir or None, **(options.to_dict() if options else {}))
   if cfg.name == "synthetic":
     from data_prep import synthetic
     return synthetic.prepare(cfg.out_root, **cfg.synthetic.to_dict())
   raise ValueError(f"config.dataset.name={cfg.name!r}; "
-                   f"choose from {[*MOVIELENS, 'amazon', 'synthetic', 'path']}")
+                   f"choose from {[*MOVIELENS, 'amazon', 'criteo', 'avazu', 'synthetic', 'path']}")
 
 
 def prepare_dataset(cfg: ml_collections.ConfigDict) -> pathlib.Path:
