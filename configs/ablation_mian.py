@@ -29,9 +29,11 @@ VARIANTS = {
 }
 DATASETS = ("ml-latest-small", "ml-100k", "synthetic")
 # Planted signal in the user and behaviour groups, none in the context group: removing ICIM should
-# cost nothing, removing IUIM or IBIM should cost AUC.
-SYNTHETIC = dict(num_rows=100_000, num_items=10_000, num_users=2_000, signal_user=1.0,
-                 signal_context=0.0, signal_behavior=1.0, seed=0)
+# cost nothing, removing IUIM or IBIM should cost AUC. A small world (2,000 items, 1,000 users:
+# ~40 training rows per item and per user) so that 80k training rows can learn it; with 10,000
+# items and 2,000 users MIAN reached AUC 0.63 of the oracle's 0.78 and no ablation was significant.
+SYNTHETIC = dict(num_rows=100_000, num_items=2_000, num_users=1_000, signal_user=2.0,
+                 signal_context=0.0, signal_behavior=2.0, seed=0)
 GIM_TOKENS = ("e_i (item)", "e_c (context)", "e_b (behaviour)", "e_u (user)", "R_ibim", "R_iuim", "R_icim")
 
 
