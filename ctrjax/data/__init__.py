@@ -23,6 +23,11 @@ def _prepare(cfg: ml_collections.ConfigDict) -> pathlib.Path:
     options = cfg.get("amazon")
     return amazon.prepare(cfg.out_root, raw_dir=cfg.raw_dir or None, max_len=cfg.max_len,
                           **(options.to_dict() if options else {}))
+  if cfg.name == "taobao":
+    from data_prep import taobao
+    options = cfg.get("taobao")   # e.g. config.dataset.taobao = {valid_start, test_start, history_fields}
+    return taobao.prepare(cfg.out_root, raw_dir=cfg.raw_dir or None, max_len=cfg.max_len,
+                          **(options.to_dict() if options else {}))
   if cfg.name in ("criteo", "avazu"):
     from data_prep import avazu, criteo
     options = cfg.get(cfg.name)   # e.g. config.dataset.criteo = {min_count, numeric, vocab_rows, seed}
@@ -32,7 +37,7 @@ def _prepare(cfg: ml_collections.ConfigDict) -> pathlib.Path:
     from data_prep import synthetic
     return synthetic.prepare(cfg.out_root, **cfg.synthetic.to_dict())
   raise ValueError(f"config.dataset.name={cfg.name!r}; "
-                   f"choose from {[*MOVIELENS, 'amazon', 'criteo', 'avazu', 'synthetic', 'path']}")
+                   f"choose from {[*MOVIELENS, 'amazon', 'taobao', 'criteo', 'avazu', 'synthetic', 'path']}")
 
 
 def prepare_dataset(cfg: ml_collections.ConfigDict) -> pathlib.Path:
