@@ -1,0 +1,40 @@
+"""AutoInt+ (CIKM'19) with the paper's setting (models.md §5.4), on ml-latest-small.
+
+  ./run.sh configs/autoint.py                     # AutoInt+: interacting layers + joint DNN
+  ./run.sh configs/autoint.py:plain               # AutoInt (no DNN)
+  ./run.sh configs/autoint.py:quick               # 2 epochs ('plain,quick' also works)
+  ./run.sh configs/autoint.py:official            # the official code's ReLU Q/K/V, 1/√d', LayerNorm
+
+Embedding 16, 3 interacting layers of 2 heads × d'=32 with residual connections, Adam 1e-3 (paper
+§5.1.4); every field, the history included (mean-pooled), is one of the M fields. The paper says
+only that AutoInt+ adds "a two-layer feed-forward neural network"; the official Criteo script
+(run_joint_criteo.sh) uses 400-400 ReLU, taken here. Dropout is off: the paper grid-searches it on
+MovieLens-1M (official MovieLens run: attention keep 0.6, embedding keep 0.9, i.e.
+--config.model.attention_dropout=0.4 --config.model.embedding_dropout=0.1). Batch size and early
+stopping are configs/base.py's, shared with the other baselines (the paper: batch 1024).
+"""
+import ml_collections
+
+from configs import base
+
+ARGS = ("quick", "plain", "official")
+
+
+def model_config(plain: bool = False, variant: str = "paper") -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      embed_dim=16, pooling="mean", num_layers=3, num_heads=2, attention_dim=32, residual=True,
+      variant=variant,                 # paper (eq. 5-8) | official (ReLU Q/K/V, 1/√d', LayerNorm)
+      attention_dropout=0.0, embedding_dropout=0.0,
+      hidden=() if plain else (400, 400),   # () = AutoInt; widths = AutoInt+'s joint DNN
+      activation="relu", dropout=0.0, batch_norm=False, init_std=0.02))
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = set(filter(None, (arg or "").split(",")))
+  unknown = args - set(ARGS)
+  if unknown:
+    raise ValueError(f"configs/autoint.py: unknown argument(s) {sorted(unknown)}; known: {list(ARGS)}")
+  c = base.get_config("quick" if "quick" in args else None)
+  c.model_name = "autoint"
+  c.model = model_config("plain" in args, "official" if "official" in args else "paper")
+  return c
