@@ -290,4 +290,4 @@ def test_every_zoo_model_fits_a_planted_signal(case):
   for i in range(40):
     params, stats, opt, value = step(params, stats, opt, jax.random.PRNGKey(i))
     losses.append(float(value))
-  assert losses[-1] < 0.8 * losses[0], losses[::8]
+  assert losses[-1] < 0.6 * losses[0], losses[::8]
