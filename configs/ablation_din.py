@@ -1,5 +1,6 @@
 """The DIN paper's Table 3 model comparison as one grid: LR, BaseModel, Wide&Deep, PNN, DeepFM,
-DIN and DIN with Dice, every model × 5 seeds, RelaImpr on GAUC against BaseModel (paper eq. 11).
+DIN and DIN with Dice, plus the later DIEN and BST (configs/dien.py, configs/bst.py), every model ×
+5 seeds, RelaImpr on GAUC against BaseModel (paper eq. 11).
 
   ./run.sh configs/ablation_din.py                      # ml-latest-small, 5 seeds, early stopping
   ./run.sh configs/ablation_din.py:dataset=ml-100k
@@ -13,7 +14,7 @@ results/ablation_din[_quick]/<dataset>/.
 """
 import ml_collections
 
-from configs import base, din
+from configs import base, bst, dien, din
 from experiments.grid import Grid, parse_arg
 
 DATASETS = ("ml-latest-small", "ml-100k")
@@ -33,6 +34,8 @@ VARIANTS = {
     "deepfm": {"model_name": "deepfm", "model": _deep(pooling="sum")},
     "din": {"model_name": "din", "model": din.model_config("prelu").to_dict()},
     "din_dice": {"model_name": "din", "model": din.model_config("dice").to_dict()},
+    "dien": {"model_name": "dien", "model": dien.get_config().model.to_dict()},
+    "bst": {"model_name": "bst", "model": bst.get_config().model.to_dict()},
 }
 
 
@@ -54,4 +57,6 @@ def get_grid(arg: str | None = None) -> Grid:
       seeds=(0, 1) if a["quick"] else (0, 1, 2, 3, 4),
       reference="base_model",
       relaimpr_metric="gauc",
+      sections={"DIN Table 3": ("lr", "base_model", "wide_deep", "pnn", "deepfm", "din", "din_dice"),
+                "Sequence models after DIN": ("base_model", "din", "dien", "bst")},
       curves=("base_model", "din", "din_dice"))
