@@ -39,7 +39,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval_batch_size = 1024
   c.num_epochs = 20
   c.optimizer = ml_collections.ConfigDict(dict(
-      name="adam", learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8, grad_clip_norm=0.0))
+      name="adam", learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8, grad_clip_norm=0.0,
+      embeddings="dense"))             # dense (optax over all) | lazy_adam | lazy_adagrad | lazy_sgd:
+                                       # update only a batch's embedding rows (ctrjax/train/lazy.py)
   c.early_stopping = ml_collections.ConfigDict(dict(metric="auc", mode="max", patience=2))
   c.lr_decay_on_plateau = 1.0          # multiply the LR by this after a non-improving epoch (1 = off)
   c.regularizer = ml_collections.ConfigDict(dict(

@@ -1,6 +1,7 @@
 """TrainState, optimizer, and the pure jitted steps ``(state, batch, rng) -> (state, metrics)``."""
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -12,23 +13,26 @@ from flax.training import train_state
 
 from ctrjax.data.packing import BatchLayout
 from ctrjax.train import mesh as mesh_lib
+from ctrjax.train.lazy import LazyEmbeddings, embedding_optimizer
 from ctrjax.train.regularizers import EmbeddingRegularizer
 
 
 class TrainState(train_state.TrainState):
   batch_stats: Any = None
   row_weights: Any = None        # per-table embedding-row weights of the regulariser (data, not constants)
+  embedding_opt_state: Any = None  # lazy optimiser state of the embedding tables (None: dense)
 
 
 def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """Adam (optionally clipped by global norm); the learning rate lives in the optimizer state
-  (inject_hyperparams) so decay-on-plateau can change it and checkpoints keep it."""
+  (inject_hyperparams) so decay-on-plateau can change it and checkpoints keep it. With lazy
+  embeddings it only sees the dense parameters, and the lazy step clips all gradients jointly."""
   if cfg.name != "adam":
     raise ValueError(f"config.optimizer.name={cfg.name!r}; supported: 'adam'")
 
   def build(learning_rate):
     adam = optax.adam(learning_rate, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
-    if cfg.grad_clip_norm > 0:
+    if cfg.grad_clip_norm > 0 and embedding_optimizer(cfg) == "dense":
       return optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), adam)
     return adam
 
@@ -47,14 +51,19 @@ def with_learning_rate(state: TrainState, lr: float) -> TrainState:
 
 
 def create_train_state(model: nn.Module, tx, sample_batch: dict, rng: jax.Array, mesh,
-                       regularizer: EmbeddingRegularizer) -> TrainState:
-  """Initialises parameters inside jit, directly replicated over the mesh."""
+                       regularizer: EmbeddingRegularizer,
+                       embeddings: LazyEmbeddings | None = None) -> TrainState:
+  """Initialises parameters inside jit, directly replicated over the mesh. With lazy
+  ``embeddings`` the tables get their lazy state instead of optax's."""
   def init(rng):
     params_rng, dropout_rng = jax.random.split(rng)
     variables = model.init({"params": params_rng, "dropout": dropout_rng}, sample_batch, train=False)
-    return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                             batch_stats=variables.get("batch_stats", {}),
-                             row_weights=regularizer.row_weights())
+    params = variables["params"]
+    dense, tables = (params, {}) if embeddings is None else embeddings.split(params)
+    return TrainState(step=0, apply_fn=model.apply, params=params, tx=tx, opt_state=tx.init(dense),
+                      batch_stats=variables.get("batch_stats", {}),
+                      row_weights=regularizer.row_weights(),
+                      embedding_opt_state=None if embeddings is None else embeddings.init(tables))
   state = jax.jit(init, out_shardings=mesh_lib.replicated(mesh))(rng)
   return state.replace(step=jax.device_put(jnp.asarray(state.step, jnp.int32), mesh_lib.replicated(mesh)))
 
@@ -69,25 +78,66 @@ def _variables(state: TrainState, params) -> dict:
   return {"params": params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
 
 
+def _objective(out: dict, batch: dict, penalty: jax.Array, updates) -> tuple[jax.Array, tuple]:
+  """BCE plus the embedding penalty plus the model's optional ``aux_loss`` output (DIEN's
+  auxiliary loss); the parts and the model's mutable ``updates`` ride along."""
+  bce = weighted_bce(out["logit"], batch["label"], batch["weight"])
+  aux = out.get("aux_loss", jnp.zeros(()))
+  return bce + penalty + aux, (bce, penalty, aux, updates)
+
+
+def _metrics(bce, penalty, aux, grads) -> dict:
+  return {"loss": bce, "penalty": penalty, "aux_loss": aux, "grad_norm": optax.tree.norm(grads)}
+
+
 def train_step(state: TrainState, batch: dict, rng: jax.Array,
                regularizer: EmbeddingRegularizer | None = None) -> tuple[TrainState, dict]:
-  """One optimisation step on a global batch: BCE plus the embedding penalty plus the model's
-  optional ``aux_loss`` output. Dropout keys fold in the step, so they are a function of
-  (seed, step) alone (exact resume, any device count)."""
+  """One optimisation step on a global batch (loss: ``_objective``), optax over every parameter.
+  Dropout keys fold in the step, so they are a function of (seed, step) alone (exact resume, any
+  device count)."""
   rng = jax.random.fold_in(rng, state.step)
 
   def loss_fn(params):
     out, updates = state.apply_fn(_variables(state, params), batch, train=True,
                                   rngs={"dropout": rng}, mutable=["batch_stats"])
-    bce = weighted_bce(out["logit"], batch["label"], batch["weight"])
     penalty = (regularizer.penalty(params["embedding"], batch, state.row_weights)
                if regularizer is not None else jnp.zeros(()))
-    aux = out.get("aux_loss", jnp.zeros(()))   # a model's own extra loss (DIEN's auxiliary loss)
-    return bce + penalty + aux, (bce, penalty, aux, updates)
+    return _objective(out, batch, penalty, updates)
 
   (_, (bce, penalty, aux, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats))
-  return state, {"loss": bce, "penalty": penalty, "aux_loss": aux, "grad_norm": optax.tree.norm(grads)}
+  return state, _metrics(bce, penalty, aux, grads)
+
+
+def lazy_train_step(state: TrainState, batch: dict, rng: jax.Array,
+                    regularizer: EmbeddingRegularizer | None,
+                    embeddings: LazyEmbeddings) -> tuple[TrainState, dict]:
+  """``train_step`` with the embedding tables updated row-sparsely by ``embeddings`` (see
+  ctrjax/train/lazy.py): the gradient exists only for the rows the batch uses, the dense
+  parameters go through optax at the same learning rate. Same loss, metrics and dropout keys."""
+  rng = jax.random.fold_in(rng, state.step)
+  dense, tables = embeddings.split(state.params)
+  compact = embeddings.compact(batch)
+
+  def loss_fn(dense, rows):
+    out, updates = embeddings.apply(_variables(state, embeddings.merge(dense, rows)), batch, compact,
+                                    train=True, rngs={"dropout": rng}, mutable=["batch_stats"])
+    penalty = embeddings.penalty(rows, compact, regularizer, state.row_weights)
+    return _objective(out, batch, penalty, updates)
+
+  rows = embeddings.gather(tables, compact)
+  (_, (bce, penalty, aux, updates)), grads = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
+      dense, rows)
+  dense_grads, row_grads = embeddings.clip(grads)
+  dense_updates, opt_state = state.tx.update(dense_grads, state.opt_state, dense)
+  tables, embedding_opt_state = embeddings.update(
+      tables, state.embedding_opt_state, compact, rows, row_grads,
+      state.opt_state.hyperparams["learning_rate"])
+  state = state.replace(
+      step=state.step + 1, params=embeddings.merge(optax.apply_updates(dense, dense_updates), tables),
+      opt_state=opt_state, embedding_opt_state=embedding_opt_state,
+      batch_stats=updates.get("batch_stats", state.batch_stats))
+  return state, _metrics(bce, penalty, aux, grads)
 
 
 def predict_step(state: TrainState, batch: dict) -> jax.Array:
@@ -95,10 +145,14 @@ def predict_step(state: TrainState, batch: dict) -> jax.Array:
   return jax.nn.sigmoid(out["logit"])
 
 
-def jit_steps(mesh, layout: BatchLayout, regularizer: EmbeddingRegularizer):
-  """The jitted train (state donated) and predict steps on packed batches, outputs replicated."""
+def jit_steps(mesh, layout: BatchLayout, regularizer: EmbeddingRegularizer,
+              embeddings: LazyEmbeddings | None = None):
+  """The jitted train (state donated) and predict steps on packed batches, outputs replicated;
+  the train step is ``lazy_train_step`` with lazy ``embeddings``."""
   repl = mesh_lib.replicated(mesh)
-  train = jax.jit(lambda state, packed, rng: train_step(state, layout.unpack(packed), rng, regularizer),
+  step = (functools.partial(train_step, regularizer=regularizer) if embeddings is None else
+          functools.partial(lazy_train_step, regularizer=regularizer, embeddings=embeddings))
+  train = jax.jit(lambda state, packed, rng: step(state, layout.unpack(packed), rng),
                   donate_argnums=0, out_shardings=(repl, repl))
   predict = jax.jit(lambda state, packed: predict_step(state, layout.unpack(packed)),
                     out_shardings=repl)

@@ -28,6 +28,7 @@ from ctrjax.data.dataset import Dataset
 from ctrjax.data.filter import IdFrequencyFilter
 from ctrjax.data.packing import BatchLayout
 from ctrjax.models import get_model
+from ctrjax.train import lazy
 from ctrjax.train import mesh as mesh_lib
 from ctrjax.train import step as step_lib
 from ctrjax.train.checkpoint import Checkpointer
@@ -72,6 +73,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     need(config[field] >= 1, field, config[field], ">= 1")
   need(0.0 < config.lr_decay_on_plateau <= 1.0, "lr_decay_on_plateau", config.lr_decay_on_plateau, "in (0, 1]")
   need(config.optimizer.learning_rate > 0, "optimizer.learning_rate", config.optimizer.learning_rate, "> 0")
+  embeddings = lazy.embedding_optimizer(config.optimizer)
+  need(embeddings in lazy.EMBEDDING_OPTIMIZERS, "optimizer.embeddings", embeddings,
+       f"one of {lazy.EMBEDDING_OPTIMIZERS}")
+  if embeddings != "dense" and config.regularizer.mode == "full_table":
+    raise ValueError(f"config.regularizer.mode='full_table' penalises every row, but "
+                     f"config.optimizer.embeddings={embeddings!r} updates only a batch's rows; "
+                     f"use mode 'mba' or 'touched', or embeddings 'dense'")
   need(config.num_devices >= 0, "num_devices", config.num_devices, ">= 0 (0 = all)")
   devices = config.num_devices or jax.device_count()
   for field in ("batch_size", "eval_batch_size"):
@@ -105,7 +113,9 @@ class Setup:
       print(self.id_filter.summary, flush=True)
     self.regularizer = EmbeddingRegularizer.build(
         self.dataset.schema, self.dataset.counts, config.regularizer.mode, config.regularizer.weight)
-    self.train_step, self.predict = step_lib.jit_steps(self.mesh, self.layout, self.regularizer)
+    self.embeddings = lazy.LazyEmbeddings.build(config.optimizer, self.model)
+    self.train_step, self.predict = step_lib.jit_steps(self.mesh, self.layout, self.regularizer,
+                                                       self.embeddings)
     self.rng = jax.device_put(jax.random.PRNGKey(config.seed), mesh_lib.replicated(self.mesh))
 
   def source(self, split: str, train: bool) -> loader.EpochBatchSource:
@@ -129,7 +139,8 @@ class Setup:
   def init_state(self, sample_local_batch) -> step_lib.TrainState:
     sample = jax.jit(self.layout.unpack)(self.to_device(sample_local_batch))
     init_rng = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), 1)
-    return step_lib.create_train_state(self.model, self.tx, sample, init_rng, self.mesh, self.regularizer)
+    return step_lib.create_train_state(self.model, self.tx, sample, init_rng, self.mesh, self.regularizer,
+                                       self.embeddings)
 
   def evaluate(self, state, split: str) -> dict:
     """Exact metrics over every row of ``split`` (last batch padded with weight 0)."""
