@@ -16,7 +16,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.workdir = ""                       # default: workdirs/<config name>[_<arg>]
 
   c.dataset = ml_collections.ConfigDict()
-  c.dataset.name = "ml-latest-small"   # ml-latest-small | ml-100k | ml-1m | synthetic | amazon | path
+  c.dataset.name = "ml-latest-small"   # ml-latest-small | ml-100k | ml-1m | synthetic | amazon | criteo | avazu | taobao | path
   c.dataset.protocol = "din"           # din: rating >= 4 positive; autoint: > 3 pos, < 3 neg, 3 dropped
   c.dataset.max_len = 30               # behaviours kept per sample (most recent)
   c.dataset.holdout = 5                # last 5 samples per user -> test, 5 before -> valid; 1 = strict
@@ -28,6 +28,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.dataset.synthetic = ml_collections.ConfigDict(dict(num_rows=100_000, num_items=10_000, seed=0))
   c.dataset.amazon = ml_collections.ConfigDict(dict(   # name='amazon': reviews_<category>_5.json[.gz]
       category="Electronics", seed=1234, on_corrupt="skip"))   # in raw_dir (data_prep/amazon.py)
+  c.dataset.criteo = ml_collections.ConfigDict(dict(   # name='criteo': Kaggle train.txt (raw_dir: file
+      min_count=10, numeric="value", vocab_rows="train", seed=2018))   # or dir; default: ../shared 10k)
+  c.dataset.avazu = ml_collections.ConfigDict(dict(    # name='avazu' (data_prep/avazu.py)
+      min_count=5, vocab_rows="train", seed=2018))
+  c.dataset.taobao = ml_collections.ConfigDict(dict(   # name='taobao': the four Tianchi tables in raw_dir
+      valid_start="2017-05-12", test_start="2017-05-13",   # UTC+8 (data_prep/taobao.py); max_len 50 there
+      history_fields=("cate", "brand", "btag", "hour", "weekday"), on_corrupt="skip"))
 
   c.model_name = "base_model"          # a module of ctrjax/models/
   c.model = ml_collections.ConfigDict(dict(

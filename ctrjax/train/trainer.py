@@ -294,7 +294,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       "valid": setup.evaluate(state, "valid"), "test": setup.evaluate(state, "test"),
       "resumed_from_step": resumed_from,
       "parameters": _count(state.params),
-      "parameters_excluding_embeddings": _count({k: v for k, v in state.params.items() if k != "embedding"}),
+      "parameters_excluding_embeddings": _count(_without_embeddings(state.params)),
       "seconds_per_epoch": float(np.mean([h["seconds"] for h in progress["history"]])),
   }
   ckpt.close()
@@ -309,6 +309,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
 def _count(params) -> int:
   return int(sum(x.size for x in jax.tree.leaves(params)))
+
+
+def _without_embeddings(params: dict) -> dict:
+  """``params`` without every subtree named "embedding" (per-id tables at any depth, e.g. a
+  model's first-order weights under first_order/embedding), as AutoInt's Table 3 counts."""
+  return {k: _without_embeddings(v) if isinstance(v, dict) else v
+          for k, v in params.items() if k != "embedding"}
 
 
 def load_best(workdir: str | os.PathLike):
