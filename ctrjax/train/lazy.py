@@ -6,8 +6,9 @@ optax is dense: for a [V, D] table it materialises a [V, D] gradient and rewrite
 every moment in every step, so a step costs O(V) however few rows the batch uses. Here, per schema
 table with N id slots in the batch (every field that uses the table):
 
-  1. u = the distinct ids of those slots, with padding id 0 prepended, from a fixed-size
-     ``jnp.unique`` (N + 1 entries, the rest filled with the out-of-range sentinel V), so u[0] = 0;
+  1. u = the distinct ids of those slots, with padding id 0 prepended, from one fixed-size sort
+     (``distinct_with_padding``: N + 1 entries, the rest filled with the out-of-range sentinel V),
+     so u[0] = 0;
   2. the model runs with each table replaced by its compact rows ``table[u]`` [N + 1, D], through a
      clone whose schema gives the table N + 1 rows; every FeatureEmbedding sees the ids replaced by
      their index in u (padding stays 0, so its padding mask still works), the rest of the model the
@@ -23,8 +24,9 @@ is set. Either way a step costs O(N + that table), never O(V) for a table bigger
 The tables are the leaves ``(..., "embedding", table)`` of the params, for every schema table: each
 FeatureEmbedding is named "embedding" (the models' convention; a nested one, like Wide&Deep's
 first-order weights, is optimised lazily too). Everything else, numeric-field vectors included,
-stays with optax. A model must size nothing but its FeatureEmbedding tables from the schema's vocab
-sizes (the clone changes them); breaking either rule fails loudly (flax's parameter shape check).
+stays with optax. A model must use the schema's vocab sizes for nothing but its FeatureEmbedding
+tables (the clone changes them); a parameter sized from them, or a FeatureEmbedding named otherwise,
+fails flax's parameter shape check.
 
 Semantics (TF LazyAdam, torch SparseAdam): a row absent from the batch keeps its value and state bit
 for bit, so its Adam moments do not decay. Adam's bias correction uses the global step count (the
