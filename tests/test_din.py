@@ -12,7 +12,7 @@ from ctrjax.layers import Dice, LocalActivationUnit
 from ctrjax.layers.interaction import fm_pairwise, inner_products
 from ctrjax.models import get_model
 from ctrjax.models.wide_deep import hashed_cross
-from tests.test_models import SCHEMA, T, _batch
+from tests.test_models import SCHEMA, _batch
 
 
 def _dice_apply(x, train, variables=None):

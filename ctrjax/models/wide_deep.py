@@ -32,6 +32,7 @@ class Model(nn.Module):
   activation: str = "prelu"
   dropout: float = 0.0
   batch_norm: bool = False
+  pooling: str = "sum"          # behaviour fields in the deep part: 'sum' (BaseModel) or 'mean'
   init_std: float = 0.02
   wide_cross: Sequence[str] = ("item_id", "hist_item_id")
   cross_buckets: int = 2 ** 20
@@ -50,7 +51,7 @@ class Model(nn.Module):
                            name="embedding")(batch)
     mask = batch["behavior"]["mask"] if emb["behavior"] else None
     deep = MLP(self.hidden, self.activation, self.dropout, self.batch_norm, output_dim=1, name="mlp")(
-        jnp.concatenate(list(pooled_fields(emb, mask).values()), axis=-1), train)[:, 0]
+        jnp.concatenate(list(pooled_fields(emb, mask, self.pooling).values()), axis=-1), train)[:, 0]
     wide = FirstOrder(self.schema, name="wide")(batch)
     if self.wide_cross:
       candidate, history = batch["item"][self.wide_cross[0]], batch["behavior"][self.wide_cross[1]]
