@@ -1,0 +1,68 @@
+"""The AutoInt paper's Figure 7: field-pair attention of the first interacting layer, for one test
+sample and averaged over the test set (heads averaged), from a trained AutoInt run's best checkpoint.
+
+  python -m experiments.autoint_attention workdirs/ablation_autoint/autoint/seed0 results/ablation_autoint/criteo/autoint_attention.png
+
+Row m, column k is α_{m,k}: how much field m attends to field k when it builds its new
+representation (rows sum to 1). The sample is the test set's first positive row.
+"""
+from __future__ import annotations
+
+import pathlib
+import sys
+
+import jax
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ctrjax.layers.interaction import field_names  # noqa: E402
+from ctrjax.train import trainer  # noqa: E402
+
+
+def attention_maps(workdir: str | pathlib.Path, layer: int = 0):
+  """(one test sample's [F, F] map, the test-set mean [F, F], field names, the sample's row)."""
+  setup, state, _ = trainer.load_best(workdir)
+  if setup.config.model_name != "autoint":
+    raise ValueError(f"{workdir}: model {setup.config.model_name!r}, expected 'autoint'")
+  variables = {"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
+
+  @jax.jit
+  def head_mean(packed):
+    out = state.apply_fn(variables, setup.layout.unpack(packed), train=False)
+    return jax.numpy.mean(out["attention"][f"layer{layer}"], axis=1)                # [B, F, F]
+
+  source = setup.source("test", train=False)
+  maps = np.concatenate([np.asarray(head_mean(b)) for b in setup.batches(source)])[:source.num_rows]
+  labels = np.asarray(setup.dataset.columns["test"][setup.dataset.schema.label.name])
+  row = int(np.flatnonzero(labels == 1)[0]) if labels.any() else 0
+  return maps[row], maps.mean(axis=0), field_names(setup.dataset.schema), row
+
+
+def figure(workdir, out_path, layer: int = 0) -> pathlib.Path:
+  sample, mean, names, row = attention_maps(workdir, layer)
+  size = 0.16 * len(names) + 2.5
+  fig, axes = plt.subplots(1, 2, figsize=(2 * size + 1, size))
+  for ax, weights, title in ((axes[0], sample, f"test row {row} (label 1)"),
+                             (axes[1], mean, "mean over the test set")):
+    im = ax.imshow(weights, cmap="Blues", vmin=0.0)
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+  fig.suptitle(f"AutoInt field-pair attention, layer {layer} (heads averaged): {workdir}", fontsize=10)
+  fig.tight_layout()
+  out_path = pathlib.Path(out_path)
+  out_path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(out_path, dpi=120)
+  plt.close(fig)
+  print(f"wrote {out_path}")
+  return out_path
+
+
+if __name__ == "__main__":
+  if len(sys.argv) != 3:
+    sys.exit("usage: python -m experiments.autoint_attention WORKDIR OUT.png")
+  figure(sys.argv[1], sys.argv[2])
