@@ -17,7 +17,8 @@ def _prepare(cfg: ml_collections.ConfigDict) -> pathlib.Path:
   if cfg.name in MOVIELENS:
     from data_prep import movielens
     return movielens.prepare(cfg.name, cfg.out_root, raw_dir=cfg.raw_dir or None,
-                             protocol=cfg.protocol, max_len=cfg.max_len, holdout=cfg.holdout)
+                             protocol=cfg.protocol, max_len=cfg.max_len, holdout=cfg.holdout,
+                             sequence_fields=cfg.get("sequence_fields", "basic"))
   if cfg.name == "amazon":
     from data_prep import amazon
     options = cfg.get("amazon")
