@@ -129,7 +129,7 @@ class MaskedSelfAttention(nn.Module):
   """Multi-head self-attention over x [B, L, D] with an explicit mask allow [B, 1, L, L].
 
   e_ij = q_i · (k_j + K_ij) / √(D/H), α = masked softmax_j, z_i = Σ_j α_ij (v_j + V_ij), then an
-  output projection. K_ij, V_ij [B | 1, L, L, D] are optional per-pair terms added after the
+  output projection. K_ij, V_ij (broadcastable to [B, L, L, D]) are optional per-pair terms added after the
   projections (TiSASRec's relative time and position embeddings); without them this is standard
   attention. Dropout (``attention_dropout``) acts on α. Returns (output, α [B, H, L, L] before
   dropout).
@@ -148,17 +148,17 @@ class MaskedSelfAttention(nn.Module):
       return nn.Dense(width, use_bias=self.use_bias, kernel_init=self.kernel_init, name=name)(x).reshape(heads)
 
     def per_pair(terms):
-      return terms.reshape(*terms.shape[:3], *heads[2:])
+      return jnp.broadcast_to(terms, (b, length, length, width)).reshape(b, length, length, *heads[2:])
 
     q, k, v = project("query"), project("key"), project("value")
     scores = jnp.einsum("blhc,bmhc->bhlm", q, k)
     if key_terms is not None:
-      scores = scores + jnp.einsum("blhc,xlmhc->bhlm", q, per_pair(key_terms))
+      scores = scores + jnp.einsum("blhc,blmhc->bhlm", q, per_pair(key_terms))
     alpha = masked_softmax(scores / jnp.sqrt(heads[-1]).astype(x.dtype), allow)
     dropped = nn.Dropout(self.attention_dropout, deterministic=not train)(alpha)
     z = jnp.einsum("bhlm,bmhc->blhc", dropped, v)
     if value_terms is not None:
-      z = z + jnp.einsum("bhlm,xlmhc->blhc", dropped, per_pair(value_terms))
+      z = z + jnp.einsum("bhlm,blmhc->blhc", dropped, per_pair(value_terms))
     out = nn.Dense(width, use_bias=self.use_bias, kernel_init=self.kernel_init, name="out")(z.reshape(x.shape))
     return out, alpha
 
