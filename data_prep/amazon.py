@@ -77,13 +77,11 @@ import zlib
 import numpy as np
 
 from ctrjax.data.schema import FIRST_ID, OOV_ID, SPLITS, Field, Schema, SchemaError
-from ctrjax.data.writer import DatasetWriter, is_complete
-from data_prep.movielens import _resolve, shared_root
+from ctrjax.data.writer import DatasetWriter
+from data_prep.common import CORRUPT_POLICIES, CorruptLines, resolve, reuse_cached, shared_root
 
 PREP_VERSION = 1
 DEFAULT_SEED = 1234  # DIN's build_dataset.py random.seed
-CORRUPT_POLICIES = ("skip", "error")
-MAX_CORRUPT_EXAMPLES = 10
 UNKNOWN_CATEGORY = "<unknown>"
 UNKNOWN_CATEGORY_ID = FIRST_ID
 CHUNK_ELEMENTS = 1 << 22  # bound on rows * max_len per written chunk
@@ -106,22 +104,12 @@ def _find(raw_dir: pathlib.Path, stem: str) -> pathlib.Path | None:
 # ----------------------------------------------------------------------------------------- reading
 
 
-class _LineReader:
+class _LineReader(CorruptLines):
   """Streams the lines of a JSON / Python-literal lines file, applying the corrupt-line policy."""
 
   def __init__(self, on_corrupt: str):
-    self.on_corrupt = on_corrupt
-    self.corrupt = {"reviews": 0, "meta": 0}
+    super().__init__(on_corrupt, ("reviews", "meta"))
     self.formats = {"reviews": {"json": 0, "python": 0}, "meta": {"json": 0, "python": 0}}
-    self.examples: list[str] = []
-
-  def bad(self, kind: str, path, lineno: int, reason: str) -> None:
-    where = f"{path}, line {lineno}: {reason}"
-    if self.on_corrupt == "error":
-      raise SchemaError(f"{where} (on_corrupt='error'; 'skip' counts and skips corrupt lines)")
-    self.corrupt[kind] += 1
-    if len(self.examples) < MAX_CORRUPT_EXAMPLES:
-      self.examples.append(where)
 
   def lines(self, kind: str, path: pathlib.Path):
     """Yields (1-based line number, text) of the non-blank UTF-8 lines; plain or gzip."""
@@ -425,7 +413,7 @@ def prepare(out_root: str | os.PathLike = "data/prepared", *, category: str = "E
   seed = int(seed)
   if on_corrupt not in CORRUPT_POLICIES:
     raise ValueError(f"on_corrupt {on_corrupt!r} not in {CORRUPT_POLICIES}")
-  raw = _resolve(raw_dir) if raw_dir is not None else default_raw_dir()
+  raw = resolve(raw_dir) if raw_dir is not None else default_raw_dir()
   reviews_path = _find(raw, f"reviews_{category}_5")
   if reviews_path is None:
     raise FileNotFoundError(f"{raw}: reviews_{category}_5.json(.gz) missing (McAuley's 5-core reviews; "
@@ -435,18 +423,11 @@ def prepare(out_root: str | os.PathLike = "data/prepared", *, category: str = "E
     warnings.warn(f"{raw}: no meta_{category}.json(.gz); every item's category is {UNKNOWN_CATEGORY!r}",
                   stacklevel=2)
   name = f"amazon-{category}-len{max_len}" + (f"-seed{seed}" if seed != DEFAULT_SEED else "")
-  out_dir = _resolve(out_root) / name
+  out_dir = resolve(out_root) / name
   args = {"category": category, "reviews": str(reviews_path), "meta": str(meta_path) if meta_path else None,
           "max_len": max_len, "seed": seed, "on_corrupt": on_corrupt}
-  if not force and is_complete(out_dir):
-    try:
-      prev = json.loads((out_dir / "stats.json").read_text()).get("prep", {})
-    except (OSError, ValueError, AttributeError):
-      prev = {}
-    if prev.get("args") == args and prev.get("version") == PREP_VERSION:
-      print(f"amazon: reusing cached {out_dir} (same prep args)")
-      return out_dir
-    print(f"amazon: rebuilding {out_dir} (prep args/version differ from the cached copy)")
+  if not force and reuse_cached(out_dir, args, PREP_VERSION, "amazon"):
+    return out_dir
   out_dir.parent.mkdir(parents=True, exist_ok=True)
   _build(reviews_path, meta_path, max_len, seed, on_corrupt, out_dir, args)
   stats = json.loads((out_dir / "stats.json").read_text())

@@ -90,9 +90,9 @@ import warnings
 import numpy as np
 
 from ctrjax.data.schema import FIRST_ID, OOV_ID, SPLITS, Field, Schema, SchemaError
-from ctrjax.data.writer import DatasetWriter, is_complete
+from ctrjax.data.writer import DatasetWriter
+from data_prep.common import REPO, resolve, reuse_cached, shared_root
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 DATASETS = ("ml-latest-small", "ml-100k", "ml-1m")
 PROTOCOLS = ("din", "autoint")
 SEQUENCE_FIELDS = ("basic", "feseq")
@@ -131,19 +131,9 @@ SPECS = {
 }
 
 
-def shared_root() -> pathlib.Path:
-  """``$CTRJAX_SHARED`` if set, else ``<repo>/../shared``."""
-  return pathlib.Path(os.environ.get("CTRJAX_SHARED", REPO.parent / "shared"))
-
-
 def default_raw_dir(dataset: str) -> pathlib.Path:
   where, rel = SPECS[dataset].default_dir.split(":", 1)
   return (REPO if where == "repo" else shared_root()) / rel
-
-
-def _resolve(p: str | os.PathLike) -> pathlib.Path:
-  p = pathlib.Path(p).expanduser()
-  return (p if p.is_absolute() else REPO / p).resolve()
 
 
 # ----------------------------------------------------------------------------------------- reading
@@ -630,21 +620,14 @@ def prepare(dataset: str, out_root: str | os.PathLike = "data/prepared", *,
   holdout = int(holdout)
   if sequence_fields not in SEQUENCE_FIELDS:
     raise ValueError(f"sequence_fields {sequence_fields!r} not in {SEQUENCE_FIELDS}")
-  raw = _resolve(raw_dir) if raw_dir is not None else _resolve(default_raw_dir(dataset))
-  out_dir = _resolve(out_root) / (f"{dataset}-{protocol}-len{max_len}" + (f"-holdout{holdout}" if holdout > 1 else "")
+  raw = resolve(raw_dir) if raw_dir is not None else resolve(default_raw_dir(dataset))
+  out_dir = resolve(out_root) / (f"{dataset}-{protocol}-len{max_len}" + (f"-holdout{holdout}" if holdout > 1 else "")
                                   + ("-feseq" if sequence_fields == "feseq" else ""))
   args = {"dataset": dataset, "raw_dir": str(raw), "protocol": protocol, "max_len": max_len, "holdout": holdout}
   if sequence_fields != "basic":
     args["sequence_fields"] = sequence_fields
-  if not force and is_complete(out_dir):
-    try:
-      prev = json.loads((out_dir / "stats.json").read_text()).get("prep", {})
-    except (OSError, ValueError, AttributeError):
-      prev = {}
-    if prev.get("args") == args and prev.get("version") == PREP_VERSION:
-      print(f"movielens: reusing cached {out_dir} (same prep args)")
-      return out_dir
-    print(f"movielens: rebuilding {out_dir} (prep args/version differ from the cached copy)")
+  if not force and reuse_cached(out_dir, args, PREP_VERSION, "movielens"):
+    return out_dir
   out_dir.parent.mkdir(parents=True, exist_ok=True)
   _build(dataset, raw, protocol, max_len, holdout, out_dir, args, sequence_fields)
   stats = json.loads((out_dir / "stats.json").read_text())

@@ -48,8 +48,8 @@ from typing import Callable, Iterator
 import numpy as np
 
 from ctrjax.data.schema import FIRST_ID, OOV_ID, SPLITS, Field, Schema, SchemaError
-from ctrjax.data.writer import DatasetWriter, is_complete
-from data_prep.movielens import _resolve, shared_root
+from ctrjax.data.writer import DatasetWriter
+from data_prep.common import resolve, reuse_cached, shared_root
 
 PREP_VERSION = 1
 MISSING_ID = FIRST_ID                 # token and bucket fields: the raw field was empty
@@ -430,7 +430,7 @@ def _schema(layout: Layout, vocab: dict, numeric: str, min_count: int, vocab_row
 
 def raw_file(layout: Layout, raw: str | os.PathLike | None) -> pathlib.Path:
   """The raw file: ``raw`` itself, the first of ``train_files`` in a directory, or the shared default."""
-  path = _resolve(raw) if raw is not None else shared_root() / layout.default_raw
+  path = resolve(raw) if raw is not None else shared_root() / layout.default_raw
   if path.is_dir():
     found = [path / f for f in layout.train_files if (path / f).is_file()]
     if not found:
@@ -460,18 +460,11 @@ def prepare(layout: Layout, out_root: str | os.PathLike, raw: str | os.PathLike 
   path = raw_file(layout, raw)
   name = (f"{layout.dataset}-{path.stem}-min{min_count}" + (f"-{numeric}" if layout.numeric else "")
           + ("-allrows" if vocab_rows == "all" else "") + f"-seed{seed}")
-  out_dir = _resolve(out_root) / name
+  out_dir = resolve(out_root) / name
   args = {"dataset": layout.dataset, "raw": str(path), "min_count": min_count, "vocab_rows": vocab_rows,
           "seed": seed, **({"numeric": numeric} if layout.numeric else {})}
-  if not force and is_complete(out_dir):
-    try:
-      prev = json.loads((out_dir / "stats.json").read_text()).get("prep", {})
-    except (OSError, ValueError, AttributeError):
-      prev = {}
-    if prev.get("args") == args and prev.get("version") == PREP_VERSION:
-      print(f"{layout.dataset}: reusing cached {out_dir} (same prep args)")
-      return out_dir
-    print(f"{layout.dataset}: rebuilding {out_dir} (prep args/version differ from the cached copy)")
+  if not force and reuse_cached(out_dir, args, PREP_VERSION, layout.dataset):
+    return out_dir
   out_dir.parent.mkdir(parents=True, exist_ok=True)
   _build(layout, path, out_dir, min_count, numeric, vocab_rows, seed, int(chunk_bytes), args)
   stats = json.loads((out_dir / "stats.json").read_text())

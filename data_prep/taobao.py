@@ -99,12 +99,10 @@ import zlib
 import numpy as np
 
 from ctrjax.data.schema import FIRST_ID, OOV_ID, SPLITS, Field, Schema, SchemaError
-from ctrjax.data.writer import DatasetWriter, is_complete
-from data_prep.movielens import _resolve, shared_root
+from ctrjax.data.writer import DatasetWriter
+from data_prep.common import CORRUPT_POLICIES, CorruptLines, resolve, reuse_cached, shared_root
 
 PREP_VERSION = 1
-CORRUPT_POLICIES = ("skip", "error")
-MAX_CORRUPT_EXAMPLES = 10
 READ_CHUNK_LINES = 1 << 20
 MAX_CHUNK_ROWS = 100_000
 CHUNK_ELEMENTS = 1 << 22  # bound on rows * max_len per written chunk
@@ -199,21 +197,11 @@ _KIND_TEXT = {"id": "an integer in [0, 2^31)", "time": "an integer in [0, 2^32)"
               "price": "a finite number >= 0"}
 
 
-class _Reader:
+class _Reader(CorruptLines):
   """Streams the CSV tables in chunks of lines, applying the corrupt-line policy."""
 
   def __init__(self, on_corrupt: str):
-    self.on_corrupt = on_corrupt
-    self.corrupt = {table: 0 for table in HEADERS}
-    self.examples: list[str] = []
-
-  def bad(self, table: str, path, lineno: int, reason: str) -> None:
-    where = f"{path}, line {lineno}: {reason}"
-    if self.on_corrupt == "error":
-      raise SchemaError(f"{where} (on_corrupt='error'; 'skip' counts and skips corrupt lines)")
-    self.corrupt[table] += 1
-    if len(self.examples) < MAX_CORRUPT_EXAMPLES:
-      self.examples.append(where)
+    super().__init__(on_corrupt, HEADERS)
 
   def chunks(self, table: str, path: pathlib.Path):
     """Checks the header, then yields (line number of the first line, decoded lines) per chunk."""
@@ -645,7 +633,7 @@ def prepare(out_root: str | os.PathLike = "data/prepared", *, raw_dir: str | os.
   fields = _history_fields(history_fields)
   if on_corrupt not in CORRUPT_POLICIES:
     raise ValueError(f"on_corrupt {on_corrupt!r} not in {CORRUPT_POLICIES}")
-  raw = _resolve(raw_dir) if raw_dir is not None else default_raw_dir()
+  raw = resolve(raw_dir) if raw_dir is not None else default_raw_dir()
   paths = {table: _find(raw, table) for table in HEADERS}
   if paths["raw_sample"] is None:
     raise FileNotFoundError(f"{raw}: raw_sample.csv(.gz) missing (Tianchi dataset 56; the shared "
@@ -662,19 +650,12 @@ def prepare(out_root: str | os.PathLike = "data/prepared", *, raw_dir: str | os.
     name += f"-valid{re.sub(r'[^0-9]', '', valid_start)}-test{re.sub(r'[^0-9]', '', test_start)}"
   if fields != HISTORY_FIELDS:
     name += "-hist-" + "-".join(fields)
-  out_dir = _resolve(out_root) / name
+  out_dir = resolve(out_root) / name
   args = {"tables": {t: (str(p) if p else None) for t, p in paths.items()}, "max_len": max_len,
           "valid_start": valid_start, "test_start": test_start, "history_fields": list(fields),
           "on_corrupt": on_corrupt}
-  if not force and is_complete(out_dir):
-    try:
-      prev = json.loads((out_dir / "stats.json").read_text()).get("prep", {})
-    except (OSError, ValueError, AttributeError):
-      prev = {}
-    if prev.get("args") == args and prev.get("version") == PREP_VERSION:
-      print(f"taobao: reusing cached {out_dir} (same prep args)")
-      return out_dir
-    print(f"taobao: rebuilding {out_dir} (prep args/version differ from the cached copy)")
+  if not force and reuse_cached(out_dir, args, PREP_VERSION, "taobao"):
+    return out_dir
   out_dir.parent.mkdir(parents=True, exist_ok=True)
   _build(paths, max_len, valid_ts, test_ts, fields, on_corrupt, out_dir, args)
   stats = json.loads((out_dir / "stats.json").read_text())
