@@ -1,0 +1,112 @@
+"""benchmarks/compare_torch without torch: data layout, metrics, rates, schedule, table, configs."""
+import numpy as np
+import pytest
+
+from benchmarks.compare_torch import run, spec
+from ctrjax import metrics
+from ctrjax.data.dataset import Dataset
+from ctrjax.models import get_model
+from data_prep import synthetic
+
+
+def test_right_pad_keeps_order_and_lengths():
+  hist = np.array([[0, 0, 5, 6], [0, 0, 0, 0], [1, 2, 3, 4], [0, 0, 0, 9]], np.int32)
+  out, length = spec.right_pad(hist)
+  np.testing.assert_array_equal(out, [[5, 6, 0, 0], [0, 0, 0, 0], [1, 2, 3, 4], [9, 0, 0, 0]])
+  np.testing.assert_array_equal(length, [2, 0, 4, 1])
+  assert out.dtype == hist.dtype
+
+
+def test_negatives_follow_the_mask_and_come_from_the_pool():
+  hist = np.array([[0, 3, 4], [0, 0, 0], [5, 6, 7]], np.int32)
+  pool = np.array([10, 11, 12], np.int32)
+  neg = spec.sample_negatives(hist, pool, seed=0)
+  np.testing.assert_array_equal(neg == 0, hist == 0)
+  assert set(neg[hist != 0]) <= set(pool)
+  np.testing.assert_array_equal(neg, spec.sample_negatives(hist, pool, seed=0))
+
+
+def test_metrics_equal_ctrjax():
+  rng = np.random.default_rng(0)
+  y = (rng.random(500) < 0.3).astype(np.float32)
+  p = np.round(rng.random(500), 2)  # ties
+  assert spec.auc(y, p) == pytest.approx(metrics.auc(y, p), abs=1e-12)
+  assert spec.logloss(y, p) == pytest.approx(metrics.logloss(y, p), abs=1e-12)
+  assert np.isnan(spec.auc(np.ones(3), p[:3]))
+
+
+def test_rates_exclude_warmup_and_reject_bad_warmup():
+  r = spec.rates(steps=10, warmup=2, batch=100, t_start=0.0, t_warm=4.0, t_end=8.0)
+  assert r == {"end_to_end": 1000 / 8, "steady": 800 / 4}
+  with pytest.raises(ValueError, match="warm-up 10 steps"):
+    spec.rates(steps=10, warmup=10, batch=100, t_start=0.0, t_warm=1.0, t_end=2.0)
+
+
+def test_parse_models():
+  assert spec.parse_models("din, bst") == ["din", "bst"]
+  with pytest.raises(ValueError, match="unknown \\['nope'\\]"):
+    spec.parse_models("din,nope")
+
+
+def test_schedule_skips_missing_models_and_rotates_libraries():
+  runs = run.schedule(["din", "bst", "xdeepfm"], list(spec.LIBRARIES), repeats=2)
+  assert [(m, lib) for r, m, lib in runs if r == 0] == [
+      ("din", "ctrjax"), ("din", "deepctr"), ("din", "rechub"),
+      ("bst", "rechub"), ("bst", "ctrjax"),
+      ("xdeepfm", "ctrjax"), ("xdeepfm", "deepctr")]
+  din_first = [lib for i, (r, m, lib) in enumerate(runs) if m == "din" and (i == 0 or runs[i - 1][1] != m)]
+  assert din_first == ["ctrjax", "deepctr"]
+
+
+def _result(model, lib, steady, auc=0.7):
+  return {"model": model, "library": lib, "samples_per_s": {"steady": steady, "end_to_end": steady / 2},
+          "test_auc": auc, "test_logloss": 0.5, "peak_rss_mib": 100.0, "parameters": 10}
+
+
+def test_summary_ratio_is_against_the_faster_torch_library():
+  results = [_result("din", "ctrjax", 3000), _result("din", "ctrjax", 5000),
+             _result("din", "deepctr", 1000), _result("din", "rechub", 2000),
+             _result("xdeepfm", "ctrjax", 900),
+             {"model": "xdeepfm", "library": "deepctr", "error": "exit 1: boom"}]
+  rows = run.summarise(results, ["din", "xdeepfm"], list(spec.LIBRARIES))
+  din, xdeepfm = rows
+  assert din["libraries"]["ctrjax"]["steady"] == 4000
+  assert din["libraries"]["deepctr"]["ctrjax_speedup"] == 4.0
+  assert (din["fastest_torch"], din["speedup"], din["auc_delta"]) == ("rechub", 2.0, 0.0)
+  assert xdeepfm["libraries"]["deepctr"] == {"status": "failed", "errors": ["exit 1: boom"]}
+  assert xdeepfm["libraries"]["rechub"] == {"status": "n/a"}
+  assert xdeepfm["fastest_torch"] is None
+  text = run.table(rows)
+  assert "torch-rechub 0.9.0 (the faster): 2.00x steady (goal >= 3x), AUC +0.0000" in text
+  assert "failed" in text and "n/a" in text
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+  return synthetic.generate(tmp_path_factory.mktemp("syn") / "d", num_rows=3000, num_items=500,
+                            num_users=100, max_len=8)
+
+
+def test_export_holds_the_dataset_arrays(tiny, tmp_path):
+  npz = np.load(run.export(tiny, seed=0, cache=tmp_path))
+  ds = Dataset(tiny)
+  for split in ("train", "test"):
+    for name in (*spec.SPARSE, spec.HISTORY, "label"):
+      np.testing.assert_array_equal(npz[f"{split}_{name}"], ds.columns[split][name])
+    hist, neg = npz[f"{split}_{spec.HISTORY}"], npz[f"{split}_{spec.NEG_HISTORY}"]
+    np.testing.assert_array_equal(neg == 0, hist == 0)
+  assert int(npz["vocab_item_id"]) == ds.schema.tables["item_id"]
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+@pytest.mark.parametrize("model", spec.MODELS)
+def test_ctrjax_configs_build_the_models(tiny, model, batch_norm):
+  schema = Dataset(tiny, validate=False).schema
+  get_model(model)(schema=schema, **spec.ctrjax_model_config(model, batch_norm))
+
+
+def test_deviations_name_the_batch_norm_gap():
+  off = spec.deviations(["dcn"], list(spec.LIBRARIES), batch_norm=False)
+  assert off == ["torch-rechub: every MLP has BatchNorm (not configurable)"]
+  on = spec.deviations(["bst"], ["ctrjax", "rechub"], batch_norm=True)
+  assert "ctrjax bst: no BatchNorm in its MLP (not configurable)" in on and len(on) == 3
