@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from ctrjax.models import available, get_model
-from tests.test_feseq import EXTRA, LENGTHS, SCHEMA, B, D, T, _batch, _change_item, _left_pad, _variables
+from tests.test_feseq import (EXTRA, LENGTHS, RNG, SCHEMA, B, D, T, _batch, _change_item, _left_pad,
+                              _variables)
 
 SMALL = dict(embed_dim=D, position_dim=4, attention_hidden=(16,), hidden=(32, 16), num_negatives=3)
-RNGS = {"dropout": jax.random.PRNGKey(0)}
+RNGS = {"dropout": RNG}
 
 
 def _model(**config):
@@ -57,10 +58,11 @@ def test_match_loss_counts_rows_with_two_behaviours_and_trains_every_parameter()
 
   @jax.jit
   def loss_and_grads(params, batch):
-    def aux(p):
-      return model.apply({"params": p}, batch, train=True, rngs=RNGS)["aux_loss"]
-    return aux(params), jax.grad(lambda p: jax.numpy.sum(
-        model.apply({"params": p}, batch, train=True, rngs=RNGS)["logit"]) + aux(p))(params)
+    def total(p):
+      out = model.apply({"params": p}, batch, train=True, rngs=RNGS)
+      return jax.numpy.sum(out["logit"]) + out["aux_loss"], out["aux_loss"]
+    (_, aux), grads = jax.value_and_grad(total, has_aux=True)(params)
+    return aux, grads
   loss, grads = loss_and_grads(variables["params"], _batch(3))
   assert np.isfinite(loss) and loss > 0
   dead = [jax.tree_util.keystr(path) for path, g in jax.tree_util.tree_leaves_with_path(grads)

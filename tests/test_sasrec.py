@@ -12,7 +12,8 @@ from absl.testing import parameterized
 from ctrjax.data.schema import Schema
 from ctrjax.models import available, get_model
 from ctrjax.models.tisasrec import relative_intervals
-from tests.test_feseq import EXTRA, LENGTHS, SCHEMA, B, D, T, _batch, _change_item, _left_pad, _variables
+from tests.test_feseq import (EXTRA, LENGTHS, RNG, SCHEMA, B, D, T, _batch, _change_item, _left_pad,
+                              _variables)
 
 CONFIGS = {"sasrec": dict(embed_dim=D, num_heads=4, hidden=(32, 16)),            # token width 3D = 24
            "tisasrec": dict(embed_dim=D, num_heads=2, hidden=(32, 16), max_time_interval=16)}
@@ -74,13 +75,15 @@ class SasrecTest(chex.TestCase, parameterized.TestCase):
   def test_every_tisasrec_parameter_gets_a_gradient_and_dropout_acts_only_in_training(self):
     model = _model("tisasrec", dropout=0.3, attention_dropout=0.3)
     variables, batch = _variables(model, _batch(), train=False), _batch(3)
-    rngs = {"dropout": jax.random.PRNGKey(0)}
+    rngs = {"dropout": RNG}
 
     @jax.jit
     def logits_and_grads(params):
-      train_logits = lambda p: model.apply({"params": p}, batch, train=True, rngs=rngs)["logit"]
-      return (train_logits(params), model.apply({"params": params}, batch)["logit"],
-              jax.grad(lambda p: train_logits(p).sum())(params))
+      def train_logits(p):
+        logits = model.apply({"params": p}, batch, train=True, rngs=rngs)["logit"]
+        return logits.sum(), logits
+      (_, train), grads = jax.value_and_grad(train_logits, has_aux=True)(params)
+      return train, model.apply({"params": params}, batch)["logit"], grads
     train, evaluation, grads = logits_and_grads(variables["params"])
     dead = [jax.tree_util.keystr(path) for path, g in jax.tree_util.tree_leaves_with_path(grads)
             if np.abs(np.asarray(g)).max() < 1e-5]
