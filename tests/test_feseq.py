@@ -54,7 +54,8 @@ def _batch(seed=0, lengths=LENGTHS, noisy_padding=False, slots=T):
   gaps decreasing towards it; with ``noisy_padding`` the padded slots hold arbitrary ids and gaps."""
   rng = np.random.default_rng(seed)
   mask = np.arange(slots)[None, :] >= slots - np.asarray(lengths)[:, None]
-  behavior = {"hist_item_id": rng.integers(2, 30, (B, slots)), "hist_genres": rng.integers(1, 7, (B, slots, G)),
+  behavior = {"hist_item_id": rng.integers(2, 30, (B, slots)),
+              "hist_genres": rng.integers(1, 7, (B, slots, G)),
               "hist_hour": rng.integers(2, 25, (B, slots)),
               "hist_time_gap": np.sort(rng.random((B, slots)) * 6000, axis=1)[:, ::-1]}
   for name, x in behavior.items():
@@ -259,7 +260,8 @@ class FeseqTest(chex.TestCase, parameterized.TestCase):
     assert "interaction_1" in params and "interaction_1" in params["target_item"]
     params = shapes(use_position=False, use_time=False, pooling="mean", interaction_layers=0,
                     num_heads=2, refiner_norm="post_ln")
-    assert not {"position_embedding", "time_embedding", "interaction_0", "target_item", "pooling"} & set(params)
+    absent = {"position_embedding", "time_embedding", "interaction_0", "target_item", "pooling"}
+    assert not absent & set(params)
     chex.assert_shape(params["refiner_0"]["ffn_hidden"]["kernel"], (6 * D, 6 * D))
     assert "ln_ffn" in params["refiner_0"]
     params = shapes(pooling_score="din", target_interaction_layers=0, time_log_base=2.0,

@@ -56,7 +56,8 @@ class SasrecTest(chex.TestCase, parameterized.TestCase):
     assert np.abs(np.asarray(forward(variables, changed) - clean))[LENGTHS > 0].min() > 0
     if name == "tisasrec":                                       # and so does its time
       timed = _batch(2)
-      timed["behavior"]["hist_time_gap"] = (np.arange(T, 0, -1) * 10.0 * timed["behavior"]["mask"]).astype(np.float32)
+      gaps = np.arange(T, 0, -1) * 10.0 * timed["behavior"]["mask"]
+      timed["behavior"]["hist_time_gap"] = gaps.astype(np.float32)
       later = _batch(2)
       later["behavior"]["hist_time_gap"] = timed["behavior"]["hist_time_gap"].copy()
       later["behavior"]["hist_time_gap"][:, -2] -= 5.0           # intervals in units of 5, not 10

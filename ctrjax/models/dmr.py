@@ -113,7 +113,8 @@ class Model(nn.Module):
     def scores(query, name):
       """s_t = MLP([q_t ; e_t ; q_t − e_t ; q_t ∘ e_t]) [B, T]."""
       units = jnp.concatenate([query, behaviors, query - behaviors, query * behaviors], axis=-1)
-      return MLP(self.attention_hidden, self.attention_activation, output_dim=1, name=name)(units, train)[..., 0]
+      scorer = MLP(self.attention_hidden, self.attention_activation, output_dim=1, name=name)
+      return scorer(units, train)[..., 0]
 
     def query(inputs, name):
       return PReLU(name=f"{name}_prelu")(nn.Dense(width, kernel_init=_xavier, name=name)(inputs))

@@ -63,11 +63,11 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ctrjax.data.schema import Schema
-from ctrjax.layers.embedding import FeatureEmbedding, masked_mean
+from ctrjax.layers.embedding import FeatureEmbedding
 from ctrjax.layers.mlp import MLP
 from ctrjax.layers.sequence import (NORMS, POOLING_SCORES, FieldInteractionLayer, SequenceTransformerBlock,
-                                    TargetAttentionPool, align_fields, attention_mask, reverse_positions,
-                                    time_buckets, with_candidate, without_fields)
+                                    TargetAttentionPool, align_fields, attention_mask, pool_tokens,
+                                    reverse_positions, time_buckets, with_candidate, without_fields)
 
 POOLINGS = ("attention", "target", "mean")
 
@@ -174,13 +174,12 @@ class Model(nn.Module):
     aligned = align_fields(self.schema, (self.time_gap_field,))
     emb = FeatureEmbedding(without_fields(self.schema, (self.time_gap_field,)), self.embed_dim, init,
                            name="embedding")(batch)
-    behaviors, target = aligned.field_stacks(emb)                                  # [B, T, F_s, d], [B, F_s, d]
-    mask = batch["behavior"]["mask"]
-    sequence, valid = with_candidate(behaviors, target, mask)                      # E_s [B, L, F_s, d]
+    sequence, valid = with_candidate(*aligned.field_stacks(emb), batch["behavior"]["mask"])  # [B, L, F_s, d]
     b, length = valid.shape
-    others = jnp.stack(aligned.other_vectors(emb), axis=1) if aligned.others else None   # E_ns [B, F_n, d]
-    broadcast = (jnp.broadcast_to(others[:, None], (b, length, *others.shape[1:]))
-                 if others is not None else jnp.zeros((b, length, 0, self.embed_dim)))
+    others = aligned.other_vectors(emb)                                            # E_ns: F_n x [B, d]
+    broadcast = jnp.zeros((b, length, 0, self.embed_dim))
+    if others:
+      broadcast = jnp.broadcast_to(jnp.stack(others, axis=1)[:, None], (b, length, len(others), self.embed_dim))
     out = {"attention": {}}
     interacting = jnp.concatenate([sequence, broadcast], axis=2) if self.interact_non_sequence else sequence
     for layer in range(self.interaction_layers):
@@ -215,11 +214,9 @@ class Model(nn.Module):
       pooled, out["attention"]["pooling"] = TargetAttentionPool(
           self.pooling_score, self.pooling_scale, self.pooling_dim, tuple(self.din_hidden), self.dropout,
           self.attention_dropout, name="pooling")(query, x, valid, train)
-    elif self.pooling == "target":
-      pooled = x[:, -1]
     else:
-      pooled = masked_mean(x, valid, axis=1)
-    z = jnp.concatenate([*aligned.other_vectors(emb), pooled], axis=-1)
+      pooled = pool_tokens(x, valid, self.pooling)
+    z = jnp.concatenate([*others, pooled], axis=-1)
     logit = MLP(self.hidden, self.activation, self.dropout, output_dim=1, name="mlp")(z, train)
     out["logit"] = logit[:, 0]
     return out
