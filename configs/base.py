@@ -21,6 +21,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.dataset.max_len = 30               # behaviours kept per sample (most recent)
   c.dataset.holdout = 5                # last 5 samples per user -> test, 5 before -> valid; 1 = strict
                                        # leave-one-out, where GAUC is undefined (1 impression per user)
+  c.dataset.sequence_fields = "basic"  # MovieLens behaviour fields: basic (hist_item_id, hist_genres) |
+                                       # feseq (+ hist_hour, hist_weekday, hist_time_gap in minutes)
   c.dataset.raw_dir = ""               # raw files (MovieLens default: bundled / ../shared)
   c.dataset.out_root = "data/prepared"
   c.dataset.path = ""                  # with name='path': an already prepared dataset directory

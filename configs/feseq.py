@@ -25,8 +25,6 @@ MAX_LEN = 10                          # the paper's history length on Ele.me (Ta
 
 def use_feseq_data(c: ml_collections.ConfigDict) -> None:
   """The dataset of the FESeq family (FESeq, SASRec, TiSASRec, DMR): timed, aligned behaviours."""
-  # configs/base.py is to define dataset.sequence_fields = "basic"; until it does, this adds the key
-  # (an unlocked ConfigDict accepts new keys), so --config.dataset.sequence_fields=... works either way.
   c.dataset.sequence_fields = "feseq"
   c.dataset.max_len = MAX_LEN
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ctrjax.models import available, get_model
-from tests.test_feseq import (EXTRA, LENGTHS, RNG, SCHEMA, B, D, T, _batch, _change_item, _left_pad,
+from tests.test_feseq import (EXTRA, LENGTHS, RNG, SCHEMA, D, T, _batch, _change_item, _left_pad,
                               _variables)
 
 SMALL = dict(embed_dim=D, position_dim=4, attention_hidden=(16,), hidden=(32, 16), num_negatives=3)

@@ -12,7 +12,7 @@ from absl.testing import parameterized
 from ctrjax.data.schema import Schema
 from ctrjax.models import available, get_model
 from ctrjax.models.tisasrec import relative_intervals
-from tests.test_feseq import (EXTRA, LENGTHS, RNG, SCHEMA, B, D, T, _batch, _change_item, _left_pad,
+from tests.test_feseq import (EXTRA, LENGTHS, RNG, SCHEMA, D, T, _batch, _change_item, _left_pad,
                               _variables)
 
 CONFIGS = {"sasrec": dict(embed_dim=D, num_heads=4, hidden=(32, 16)),            # token width 3D = 24
