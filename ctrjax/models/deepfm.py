@@ -8,11 +8,10 @@ per id (FirstOrder, behaviours mean-pooled).
 from typing import Sequence
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 from ctrjax.data.schema import Schema
-from ctrjax.layers import MLP, FeatureEmbedding, pooled_fields
-from ctrjax.layers.interaction import FirstOrder, fm_pairwise
+from ctrjax.layers import MLP, FeatureEmbedding
+from ctrjax.layers.interaction import FirstOrder, field_vectors, fm_pairwise
 
 
 class Model(nn.Module):
@@ -29,8 +28,7 @@ class Model(nn.Module):
   def __call__(self, batch: dict, train: bool = False) -> dict:
     emb = FeatureEmbedding(self.schema, self.embed_dim, nn.initializers.truncated_normal(self.init_std),
                            name="embedding")(batch)
-    mask = batch["behavior"]["mask"] if emb["behavior"] else None
-    fields = jnp.stack(list(pooled_fields(emb, mask, self.pooling).values()), axis=1)   # [B, F, d]
+    fields = field_vectors(emb, batch, self.pooling)                                  # [B, F, d]
     deep = MLP(self.hidden, self.activation, self.dropout, self.batch_norm, output_dim=1, name="mlp")(
         fields.reshape(fields.shape[0], -1), train)[:, 0]
     return {"logit": FirstOrder(self.schema, name="first_order")(batch) + fm_pairwise(fields) + deep}

@@ -9,8 +9,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ctrjax.data.schema import Schema
-from ctrjax.layers import MLP, FeatureEmbedding, pooled_fields
-from ctrjax.layers.interaction import inner_products
+from ctrjax.layers import MLP, FeatureEmbedding
+from ctrjax.layers.interaction import field_vectors, inner_products
 
 
 class Model(nn.Module):
@@ -27,8 +27,7 @@ class Model(nn.Module):
   def __call__(self, batch: dict, train: bool = False) -> dict:
     emb = FeatureEmbedding(self.schema, self.embed_dim, nn.initializers.truncated_normal(self.init_std),
                            name="embedding")(batch)
-    mask = batch["behavior"]["mask"] if emb["behavior"] else None
-    fields = jnp.stack(list(pooled_fields(emb, mask, self.pooling).values()), axis=1)   # [B, F, d]
+    fields = field_vectors(emb, batch, self.pooling)                                  # [B, F, d]
     x = jnp.concatenate([fields.reshape(fields.shape[0], -1), inner_products(fields)], axis=-1)
     logit = MLP(self.hidden, self.activation, self.dropout, self.batch_norm, output_dim=1,
                 name="mlp")(x, train)
