@@ -18,7 +18,7 @@ is no user id, so no GAUC. RelaImpr is against AutoInt (no DNN).
 import ml_collections
 
 from configs import autoint, base
-from experiments.grid import Grid, parse_arg
+from experiments.grid import Grid, apply_grid_arg, grid_identity, parse_arg
 
 DATASETS = ("criteo",)
 DEEP = dict(hidden=(400, 400), activation="relu")
@@ -69,21 +69,16 @@ TABLE5 = ("wide_deep", "deepfm", "dcn", "xdeepfm", "autoint_plus")
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = parse_arg(arg, "configs/ablation_autoint.py", DATASETS)
   c = base.get_config()
-  c.dataset.name = a["dataset"]
   c.batch_size = 256
   c.gauc_group = ""
-  if a["quick"]:
-    c.num_epochs = 1
-  c.progress_bar = False
-  return c
+  return apply_grid_arg(c, a)
 
 
 def get_grid(arg: str | None = None) -> Grid:
   a = parse_arg(arg, "configs/ablation_autoint.py", DATASETS)
   return Grid(
-      name="ablation_autoint" + ("_quick" if a["quick"] else ""),
+      **grid_identity("ablation_autoint", a),
       variants=VARIANTS,
-      seeds=(0, 1) if a["quick"] else (0, 1, 2, 3, 4),
       reference="autoint",
       sections={"Table 2: without a joint DNN": TABLE2,
                 "Table 5: with a joint DNN": TABLE5,

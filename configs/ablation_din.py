@@ -15,7 +15,7 @@ results/ablation_din[_quick]/<dataset>/.
 import ml_collections
 
 from configs import base, bst, dien, din
-from experiments.grid import Grid, parse_arg
+from experiments.grid import Grid, apply_grid_arg, grid_identity, parse_arg
 
 DATASETS = ("ml-latest-small", "ml-100k")
 
@@ -42,19 +42,14 @@ VARIANTS = {
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = parse_arg(arg, "configs/ablation_din.py", DATASETS)
   c = base.get_config()
-  c.dataset.name = a["dataset"]
-  if a["quick"]:
-    c.num_epochs = 1
-  c.progress_bar = False
-  return c
+  return apply_grid_arg(c, a)
 
 
 def get_grid(arg: str | None = None) -> Grid:
   a = parse_arg(arg, "configs/ablation_din.py", DATASETS)
   return Grid(
-      name="ablation_din" + ("_quick" if a["quick"] else ""),
+      **grid_identity("ablation_din", a),
       variants=VARIANTS,
-      seeds=(0, 1) if a["quick"] else (0, 1, 2, 3, 4),
       reference="base_model",
       relaimpr_metric="gauc",
       sections={"DIN Table 3": ("lr", "base_model", "wide_deep", "pnn", "deepfm", "din", "din_dice"),

@@ -19,7 +19,7 @@ against 'none'.
 import ml_collections
 
 from configs import base
-from experiments.grid import Grid, parse_arg
+from experiments.grid import Grid, apply_grid_arg, grid_identity, parse_arg
 
 DATASETS = ("ml-latest-small", "ml-100k")
 FILTER_TOP_K = 1_000
@@ -36,18 +36,13 @@ VARIANTS = {
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = parse_arg(arg, "configs/ablation_din_reg.py", DATASETS)
   c = base.get_config()
-  c.dataset.name = a["dataset"]
-  if a["quick"]:
-    c.num_epochs = 1
-  c.progress_bar = False
-  return c
+  return apply_grid_arg(c, a)
 
 
 def get_grid(arg: str | None = None) -> Grid:
   a = parse_arg(arg, "configs/ablation_din_reg.py", DATASETS)
   return Grid(
-      name="ablation_din_reg" + ("_quick" if a["quick"] else ""),
+      **grid_identity("ablation_din_reg", a),
       variants=VARIANTS,
-      seeds=(0, 1) if a["quick"] else (0, 1, 2, 3, 4),
       reference="none",
       curves=tuple(VARIANTS))

@@ -25,7 +25,7 @@ out["attention"]["interaction"] [B, F, F] (fields: ctrjax.models.feseq.Model.int
 import ml_collections
 
 from configs import dmr, feseq, sasrec, tisasrec
-from experiments.grid import Grid, parse_arg
+from experiments.grid import Grid, apply_grid_arg, grid_identity, parse_arg
 
 DATASETS = ("ml-100k", "ml-latest-small")
 DEPTHS = ((1, 0), (1, 1), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2), (3, 3))     # (2, 2) is the reference
@@ -62,20 +62,15 @@ SLOTS = tuple(f"t-{k}" for k in range(feseq.MAX_LEN, 0, -1)) + ("target",)
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = parse_arg(arg, "configs/ablation_feseq.py", DATASETS)
   c = feseq.get_config()
-  c.dataset.name = a["dataset"]
-  if a["quick"]:
-    c.num_epochs = 1
-  c.progress_bar = False
-  return c
+  return apply_grid_arg(c, a)
 
 
 def get_grid(arg: str | None = None) -> Grid:
   a = parse_arg(arg, "configs/ablation_feseq.py", DATASETS)
   depths = tuple(f"depth_{m}{n}" for m, n in DEPTHS)
   return Grid(
-      name="ablation_feseq" + ("_quick" if a["quick"] else ""),
+      **grid_identity("ablation_feseq", a),
       variants=VARIANTS,
-      seeds=(0, 1) if a["quick"] else (0, 1, 2, 3, 4),
       reference="causal",
       sections={"Table 3: sequential baselines": ("causal", "sasrec", "tisasrec", "dmr"),
                 "Table 4: interacting layer": ("causal", "no_interaction"),

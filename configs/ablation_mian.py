@@ -15,7 +15,7 @@ Table 4: the IBIM encoder: Pre-LN Transformer (= full), post-LN (original) Trans
 import ml_collections
 
 from configs import mian
-from experiments.grid import Grid, parse_arg
+from experiments.grid import Grid, apply_grid_arg, grid_identity, parse_arg
 
 VARIANTS = {
     "full": {},
@@ -40,21 +40,16 @@ GIM_TOKENS = ("e_i (item)", "e_c (context)", "e_b (behaviour)", "e_u (user)", "R
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = parse_arg(arg, "configs/ablation_mian.py", DATASETS)
   c = mian.get_config()
-  c.dataset.name = a["dataset"]
   if a["dataset"] == "synthetic":
     c.dataset.synthetic = ml_collections.ConfigDict(SYNTHETIC)
-  if a["quick"]:
-    c.num_epochs = 1
-  c.progress_bar = False
-  return c
+  return apply_grid_arg(c, a)
 
 
 def get_grid(arg: str | None = None) -> Grid:
   a = parse_arg(arg, "configs/ablation_mian.py", DATASETS)
   return Grid(
-      name="ablation_mian" + ("_quick" if a["quick"] else ""),
+      **grid_identity("ablation_mian", a),
       variants=VARIANTS,
-      seeds=(0, 1) if a["quick"] else (0, 1, 2, 3, 4),
       reference="full",
       sections={"Table 3: modules": ("full", "no_iuim", "no_icim", "no_ibim", "no_gim", "no_iuim_icim"),
                 "Table 4: IBIM encoder": ("full", "post_ln", "no_transformer")},

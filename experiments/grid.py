@@ -69,6 +69,22 @@ def parse_arg(arg: str | None, config_file: str, datasets: tuple[str, ...]) -> d
   return out
 
 
+def apply_grid_arg(config: ml_collections.ConfigDict, a: dict) -> ml_collections.ConfigDict:
+  """A grid's run config from its parsed argument: the dataset, 1 epoch when quick, one progress
+  line per run instead of a bar."""
+  config.dataset.name = a["dataset"]
+  if a["quick"]:
+    config.num_epochs = 1
+  config.progress_bar = False
+  return config
+
+
+def grid_identity(name: str, a: dict) -> dict:
+  """Grid name and seeds from the parsed argument: quick = 2 seeds under ``<name>_quick``, else 5."""
+  return {"name": name + ("_quick" if a["quick"] else ""),
+          "seeds": (0, 1) if a["quick"] else (0, 1, 2, 3, 4)}
+
+
 def with_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any], seed: int):
   """A copy of ``config`` with dotted-key overrides and the seed; an unknown key is an error."""
   out = ml_collections.ConfigDict(config.to_dict())
