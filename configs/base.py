@@ -17,7 +17,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.dataset = ml_collections.ConfigDict()
   c.dataset.name = "ml-latest-small"   # ml-latest-small | ml-100k | ml-1m | synthetic | amazon | criteo | avazu | taobao | path
-  c.dataset.protocol = "din"           # din: rating >= 4 positive; autoint: > 3 pos, < 3 neg, 3 dropped
+  c.dataset.protocol = "din"           # din: rating >= 4 positive; autoint: > 3 pos, < 3 neg, 3 dropped;
+                                       # autoint7: AutoInt's 7-field form (no ids, random 80/10/10 split)
   c.dataset.max_len = 30               # behaviours kept per sample (most recent)
   c.dataset.holdout = 5                # last 5 samples per user -> test, 5 before -> valid; 1 = strict
                                        # leave-one-out, where GAUC is undefined (1 impression per user)

@@ -21,6 +21,14 @@ Samples and labels: every rating is one candidate sample of its user.
   protocol "din":     label = 1 if rating >= 4 else 0; every rating is a sample.
   protocol "autoint": label = 1 if rating > 3, 0 if rating < 3; rating-3 ratings are dropped as samples
     (counted in stats.json["dropped_rating_3"]) but stay in the users' histories as behaviours.
+  protocol "autoint7": AutoInt's own MovieLens form (models.md §16.2), a different dataset: the
+    autoint labels, NO ids and no behaviours, 7 fields: gender, age, occupation, zip (the whole zip
+    code, each distinct value an id), genres (multi-valued, mean-pooled by the models), release-year
+    bucket (<=1929, 1930s, 1940s, 1950s, 1960s, then one bucket per year) and timestamp (numeric,
+    MinMax-scaled over all samples, as the official preprocessing does); a random 80/10/10 split of
+    the samples (numpy default_rng(2019).permutation over the (user, timestamp, movie)-sorted samples:
+    the official seed, not its exact permutation). Needs user demographics: ml-100k or ml-1m.
+    ``max_len``, ``holdout`` and ``sequence_fields`` do not apply; the directory is <dataset>-autoint7.
 
 Ordering and split: each user's ratings are sorted by (timestamp, movie id) (stable). Per user, over
 its samples in that order: the last ``holdout`` samples -> test, the ``holdout`` before them -> valid,
@@ -94,13 +102,16 @@ from ctrjax.data.writer import DatasetWriter
 from data_prep.common import REPO, resolve, reuse_cached, shared_root
 
 DATASETS = ("ml-latest-small", "ml-100k", "ml-1m")
-PROTOCOLS = ("din", "autoint")
+PROTOCOLS = ("din", "autoint", "autoint7")
 SEQUENCE_FIELDS = ("basic", "feseq")
 MINUTE = 60
 LABEL_RULES = {
     "din": "label = 1 if rating >= 4 else 0 (all ratings are samples)",
     "autoint": "label = 1 if rating > 3, 0 if rating < 3; rating-3 samples dropped (kept as behaviours)",
+    "autoint7": "label = 1 if rating > 3, 0 if rating < 3; rating-3 samples dropped",
 }
+AUTOINT_SPLIT_SEED = 2019
+AUTOINT_SPLIT = (0.8, 0.1)  # train, valid fractions; test the rest
 PREP_VERSION = 1
 READ_CHUNK_LINES = 1 << 20
 MAX_CHUNK_ROWS = 100_000
@@ -325,13 +336,14 @@ def _read_movies(dataset: str, raw_dir: pathlib.Path) -> _Movies:
 
 
 USER_FIELDS = ("gender", "age", "occupation", "zip_prefix")
+AUTOINT_USER_FIELDS = ("gender", "age", "occupation", "zip")
 
 
 @dataclasses.dataclass
 class _Users:
   path: pathlib.Path
   ids: np.ndarray                 # sorted raw user ids
-  attrs: dict[str, np.ndarray]    # USER_FIELDS -> values aligned with ids
+  attrs: dict[str, np.ndarray]    # USER_FIELDS and 'zip' -> values aligned with ids
 
 
 def _read_users(dataset: str, raw_dir: pathlib.Path) -> _Users | None:
@@ -349,14 +361,14 @@ def _read_users(dataset: str, raw_dir: pathlib.Path) -> _Users | None:
       age.append(int(AGE_CODES[max(0, np.searchsorted(AGE_CODES, raw_age, side="right") - 1)]))
       gender.append(f[2])
       occ.append(f[3])
-      zips.append(f[4][:3])
+      zips.append(f[4])
   else:  # UserID::Gender::Age::Occupation::Zip
     for lineno, f in _split_lines(path, "::", 5, spec.encoding):
       ids.append(_to_int(f[0], path, lineno, "user id"))
       gender.append(f[1])
       age.append(_to_int(f[2], path, lineno, "age"))
       occ.append(_to_int(f[3], path, lineno, "occupation"))
-      zips.append(f[4][:3])
+      zips.append(f[4])
   if not ids:
     raise SchemaError(f"{path}: no users")
   order = np.argsort(np.asarray(ids, np.int64), kind="stable")
@@ -364,7 +376,8 @@ def _read_users(dataset: str, raw_dir: pathlib.Path) -> _Users | None:
   dup = ids_sorted[1:] == ids_sorted[:-1]
   if dup.any():
     raise SchemaError(f"{path}: user id {ids_sorted[1:][dup][0]} appears more than once")
-  attrs = {name: np.asarray(v)[order] for name, v in zip(USER_FIELDS, (gender, age, occ, zips))}
+  attrs = {name: np.asarray(v)[order] for name, v in zip(("gender", "age", "occupation", "zip"), (gender, age, occ, zips))}
+  attrs["zip_prefix"] = np.asarray([z[:3] for z in attrs["zip"]])
   return _Users(path, ids_sorted, attrs)
 
 
@@ -599,6 +612,94 @@ def _build(dataset: str, raw_dir: pathlib.Path, protocol: str, max_len: int, hol
   return writer.finalize(stats, vocabs)
 
 
+def year_bucket(year: int) -> str:
+  """AutoInt's release-year buckets: <=1929, the decades 1930s-1960s, then one bucket per year."""
+  if year < 1930:
+    return "<=1929"
+  if year < 1970:
+    return f"{year // 10 * 10}s"
+  return str(year)
+
+
+def _build_autoint7(dataset: str, raw_dir: pathlib.Path, out_dir: pathlib.Path, args: dict) -> pathlib.Path:
+  """AutoInt's 7-field MovieLens (module docstring, protocol "autoint7")."""
+  spec = SPECS[dataset]
+  if spec.users is None:
+    raise ValueError(f"protocol 'autoint7' needs user demographics; {dataset} has none (use ml-100k or ml-1m)")
+  ratings_path = raw_dir / spec.ratings
+  if not ratings_path.is_file():
+    raise FileNotFoundError(f"{ratings_path}: ratings file missing")
+  user, movie, rating, ts = _read_ratings(ratings_path, spec)
+  movies = _read_movies(dataset, raw_dir)
+  users = _read_users(dataset, raw_dir)
+  num_ratings = len(user)
+  order = np.lexsort((movie, ts, user))
+  keep = order[rating[order] != 3]
+  user, movie, rating, ts = user[keep], movie[keep], rating[keep], ts[keep]
+  midx = _index_of(movies.ids, movie, movies.path, ratings_path, "movie")
+  uidx = _index_of(users.ids, user, users.path, ratings_path, "user")
+  n = len(user)
+  perm = np.random.default_rng(AUTOINT_SPLIT_SEED).permutation(n)
+  n_train, n_valid = int(n * AUTOINT_SPLIT[0]), int(n * AUTOINT_SPLIT[1])
+  split_rows = [np.sort(perm[:n_train]), np.sort(perm[n_train:n_train + n_valid]), np.sort(perm[n_train + n_valid:])]
+
+  train_users = np.unique(uidx[split_rows[0]])
+  user_vocabs = {name: np.unique(users.attrs[name][train_users]) for name in AUTOINT_USER_FIELDS}
+  user_attr_ids = {name: _lookup(user_vocabs[name], users.attrs[name]) for name in AUTOINT_USER_FIELDS}
+  bucket_vocab = sorted({year_bucket(int(y)) for y in movies.year_vocab},
+                        key=lambda b: 0 if b.startswith("<=") else int(b[:4]))
+  bucket_of_year_id = np.full(len(movies.year_vocab) + FIRST_ID, OOV_ID, np.int32)
+  for i, y in enumerate(movies.year_vocab):
+    bucket_of_year_id[i + FIRST_ID] = bucket_vocab.index(year_bucket(int(y))) + FIRST_ID
+  t_min, t_max = int(ts.min()), int(ts.max())
+  scaled = ((ts - t_min) / max(t_max - t_min, 1)).astype(np.float32)
+
+  g = movies.genre_ids.shape[1]
+  fields = [Field(name, "user", "categorical", vocab_size=len(user_vocabs[name]) + FIRST_ID, table=name,
+                  oov_id=OOV_ID, description="train-split vocabulary") for name in AUTOINT_USER_FIELDS]
+  fields += [
+      Field("item_genres", "item", "categorical", shape=(g,), vocab_size=len(movies.genre_vocab) + FIRST_ID,
+            table="genre", description="the movie's genres, 0-padded"),
+      Field("item_year_bucket", "item", "categorical", vocab_size=len(bucket_vocab) + FIRST_ID,
+            table="year_bucket", oov_id=OOV_ID, description="release-year bucket (1 = no year)"),
+      Field("timestamp_scaled", "context", "numeric", dtype="float32",
+            description=f"rating time MinMax-scaled over all samples ({t_min}..{t_max} -> 0..1)"),
+      Field("label", "label", "numeric", dtype="float32"),
+      Field("user", "meta", "categorical", dtype="int32", description="raw user id (GAUC grouping)"),
+      Field("timestamp", "meta", "numeric", dtype="int64", description="rating time, unix seconds"),
+  ]
+  writer = DatasetWriter(out_dir, Schema(tuple(fields)))
+  for split, rows in zip(SPLITS, split_rows):
+    for a in range(0, len(rows), MAX_CHUNK_ROWS):
+      p = rows[a:a + MAX_CHUNK_ROWS]
+      writer.append(split, {
+          **{name: user_attr_ids[name][uidx[p]] for name in AUTOINT_USER_FIELDS},
+          "item_genres": movies.genre_ids[midx[p]],
+          "item_year_bucket": bucket_of_year_id[movies.year_ids[midx[p]]],
+          "timestamp_scaled": scaled[p],
+          "label": (rating[p] > 3).astype(np.float32),
+          "user": user[p].astype(np.int32),
+          "timestamp": ts[p],
+      })
+  prov_file = raw_dir / "PROVENANCE.tsv"
+  stats = {
+      "prep": {"script": "data_prep/movielens.py", "version": PREP_VERSION, "args": args},
+      "provenance": (prov_file.read_text(encoding="utf-8").splitlines() if prov_file.is_file() else str(raw_dir)),
+      "protocol": "autoint7",
+      "label_rule": LABEL_RULES["autoint7"],
+      "split_rule": (f"random: numpy default_rng({AUTOINT_SPLIT_SEED}).permutation of the samples sorted by "
+                     f"(user, timestamp, movie); {AUTOINT_SPLIT[0]:.0%} train, {AUTOINT_SPLIT[1]:.0%} valid, "
+                     "rest test"),
+      "vocab_rule": "gender/age/occupation/zip: train-split users; genres and year buckets: the movies file",
+      "num_ratings": num_ratings,
+      "num_samples": int(n),
+      "dropped_rating_3": int(num_ratings - n),
+  }
+  vocabs = {"genre": _vocab_list(movies.genre_vocab), "year_bucket": _vocab_list(bucket_vocab),
+            **{name: _vocab_list(v) for name, v in user_vocabs.items()}}
+  return writer.finalize(stats, vocabs)
+
+
 # ------------------------------------------------------------------------------------------- API
 
 
@@ -621,6 +722,8 @@ def prepare(dataset: str, out_root: str | os.PathLike = "data/prepared", *,
   if sequence_fields not in SEQUENCE_FIELDS:
     raise ValueError(f"sequence_fields {sequence_fields!r} not in {SEQUENCE_FIELDS}")
   raw = resolve(raw_dir) if raw_dir is not None else resolve(default_raw_dir(dataset))
+  if protocol == "autoint7":
+    return _prepare_autoint7(dataset, raw, resolve(out_root), force)
   out_dir = resolve(out_root) / (f"{dataset}-{protocol}-len{max_len}" + (f"-holdout{holdout}" if holdout > 1 else "")
                                   + ("-feseq" if sequence_fields == "feseq" else ""))
   args = {"dataset": dataset, "raw_dir": str(raw), "protocol": protocol, "max_len": max_len, "holdout": holdout}
@@ -633,6 +736,18 @@ def prepare(dataset: str, out_root: str | os.PathLike = "data/prepared", *,
   stats = json.loads((out_dir / "stats.json").read_text())
   oov = {s: {f: c for f, c in stats["oov"][s].items() if c} for s in SPLITS}
   print(f"movielens: wrote {out_dir}: rows {stats['rows']}; OOV ids per split {oov}")
+  return out_dir
+
+
+def _prepare_autoint7(dataset: str, raw: pathlib.Path, out_root: pathlib.Path, force: bool) -> pathlib.Path:
+  out_dir = out_root / f"{dataset}-autoint7"
+  args = {"dataset": dataset, "raw_dir": str(raw), "protocol": "autoint7"}
+  if not force and reuse_cached(out_dir, args, PREP_VERSION, "movielens"):
+    return out_dir
+  out_dir.parent.mkdir(parents=True, exist_ok=True)
+  _build_autoint7(dataset, raw, out_dir, args)
+  stats = json.loads((out_dir / "stats.json").read_text())
+  print(f"movielens: wrote {out_dir}: rows {stats['rows']} (AutoInt 7-field form)")
   return out_dir
 
 

@@ -16,17 +16,19 @@ from experiments.grid import with_overrides
 from tests.conftest import REPO, shared_path
 
 CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.py") if p.name != "__init__.py")
+# Grid arguments whose dataset has a different schema from the default one.
+OTHER_SCHEMAS = {"ablation_autoint.py": ("dataset=ml-100k",)}
 
 
 def _cases():
   for name in CONFIGS:
     module = load_config_module(str(REPO / "configs" / name))
     if hasattr(module, "get_grid"):
-      grid = module.get_grid(None)
-      for variant in grid.variants:
-        yield pytest.param(name, variant, id=f"{name}:{variant}")
+      for arg in (None, *OTHER_SCHEMAS.get(name, ())):
+        for variant in module.get_grid(arg).variants:
+          yield pytest.param(name, arg, variant, id=f"{name}{':' + arg if arg else ''}:{variant}")
     else:
-      yield pytest.param(name, None, id=name)
+      yield pytest.param(name, None, None, id=name)
 
 
 _SAMPLES: dict = {}
@@ -34,8 +36,9 @@ _SAMPLES: dict = {}
 
 def _sample_batch(config):
   """A 4-row training batch of the config's dataset (prepared once per dataset config)."""
-  if config.dataset.name == "criteo":
-    shared_path("data", "criteo-kaggle-first10k")
+  shared = {"criteo": "criteo-kaggle-first10k", "ml-100k": "movielens-100k"}.get(config.dataset.name)
+  if shared:
+    shared_path("data", shared)
   key = repr(config.dataset.to_dict())
   if key not in _SAMPLES:
     from ctrjax.data import prepare_dataset
@@ -48,12 +51,12 @@ def _sample_batch(config):
   return _SAMPLES[key]
 
 
-@pytest.mark.parametrize("config_file,variant", list(_cases()))
-def test_config_builds_its_model(config_file, variant):
+@pytest.mark.parametrize("config_file,arg,variant", list(_cases()))
+def test_config_builds_its_model(config_file, arg, variant):
   module = load_config_module(str(REPO / "configs" / config_file))
-  config = module.get_config(None)
+  config = module.get_config(arg)
   if variant is not None:
-    config = with_overrides(config, module.get_grid(None).variants[variant], seed=0)
+    config = with_overrides(config, module.get_grid(arg).variants[variant], seed=0)
   if config.dataset.name == "synthetic":
     config.dataset.synthetic.num_rows = 2_000
   schema, batch = _sample_batch(config)

@@ -4,6 +4,7 @@ import datetime
 import json
 import os
 import pathlib
+import re
 import shutil
 
 import numpy as np
@@ -452,3 +453,62 @@ def test_holdout_k_puts_each_users_last_k_samples_in_test_and_enables_gauc(small
   value, coverage = metrics.gauc(c["test"]["label"], np.random.default_rng(0).random(ds.num_rows("test")),
                                  c["test"]["user"])
   assert np.isfinite(value) and coverage > 0.3
+
+
+# ----------------------------------------------------------------------- ml-100k, AutoInt 7 fields
+
+
+def test_ml100k_autoint7_fields_labels_split_and_scaling(tmp_path):
+  raw = shared_path("data", "movielens-100k")
+  ratings = [tuple(map(int, line.split("\t"))) for line in (raw / "u.data").read_text().splitlines()]
+  kept = [r for r in ratings if r[2] != 3]
+  users = {}
+  for line in (raw / "u.user").read_text(encoding="latin-1").splitlines():
+    uid, age, gender, occ, zipc = line.split("|")
+    users[int(uid)] = (gender, occ, zipc)
+  years = {}
+  for line in (raw / "u.item").read_text(encoding="latin-1").splitlines():
+    f = line.split("|")  # the title's "(1995)" first, else the release date's year
+    in_title = [int(y) for y in re.findall(r"\((\d{4})\)", f[1])]
+    years[int(f[0])] = in_title[-1] if in_title else int(f[2][-4:]) if f[2] else None
+  path = movielens.prepare("ml-100k", tmp_path, raw_dir=raw, protocol="autoint7")
+  assert path.name == "ml-100k-autoint7"
+  ds = Dataset(path)
+  inputs = [f.name for f in ds.schema.fields if f.group not in ("label", "meta")]
+  assert inputs == ["gender", "age", "occupation", "zip", "item_genres", "item_year_bucket", "timestamp_scaled"]
+  rows = {s: ds.num_rows(s) for s in SPLITS}
+  assert sum(rows.values()) == len(kept) and ds.stats["dropped_rating_3"] == len(ratings) - len(kept)
+  assert rows["train"] == int(0.8 * len(kept)) and rows["valid"] == int(0.1 * len(kept))
+  c = {s: _cols(ds, s) for s in SPLITS}
+  # Random, not temporal: every split spans the whole period and most users.
+  for s in SPLITS:
+    assert c[s]["timestamp"].min() < np.quantile(c["train"]["timestamp"], 0.05)
+    assert len(np.unique(c[s]["user"])) > 0.5 * len(users)
+  labels = np.concatenate([c[s]["label"] for s in SPLITS])
+  assert int(labels.sum()) == sum(r[2] > 3 for r in kept)
+  # MinMax over all samples: exactly 0 and 1 at the extremes, affine in the raw timestamp.
+  scaled = np.concatenate([c[s]["timestamp_scaled"] for s in SPLITS])
+  ts = np.concatenate([c[s]["timestamp"] for s in SPLITS])
+  assert scaled.min() == 0.0 and scaled.max() == 1.0
+  np.testing.assert_allclose(scaled, (ts - ts.min()) / (ts.max() - ts.min()), rtol=1e-6)
+  zips, buckets, occs = _vocab(path, "zip"), _vocab(path, "year_bucket"), _vocab(path, "occupation")
+  assert buckets[2:5] == ["<=1929", "1930s", "1940s"] and buckets[-1] == "1998"
+  assert [movielens.year_bucket(y) for y in (1922, 1929, 1930, 1968, 1970, 1995)] == \
+      ["<=1929", "<=1929", "1930s", "1960s", "1970", "1995"]
+  rating_rows = {}
+  for u, m, r, t in kept:
+    rating_rows.setdefault((u, t), set()).add(m)
+  t = c["test"]
+  for r in range(0, len(t["label"]), 97):
+    u = int(t["user"][r])
+    gender, occ, zipc = users[u]
+    assert zips[t["zip"][r]] == zipc and occs[t["occupation"][r]] == occ  # whole zip, not a prefix
+    movies = rating_rows[(u, int(t["timestamp"][r]))]
+    assert any(years[m] is None and t["item_year_bucket"][r] == 1
+               or years[m] is not None and buckets[t["item_year_bucket"][r]] == movielens.year_bucket(years[m])
+               for m in movies)
+
+
+def test_autoint7_needs_demographics(tmp_path):
+  with pytest.raises(ValueError, match="autoint7.*ml-latest-small has none"):
+    movielens.prepare("ml-latest-small", tmp_path, protocol="autoint7")
