@@ -61,6 +61,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       filter_top_k=0))                 # of this table, the rest -> OOV (0 = off)
   c.gauc_group = "user"                # meta field grouping GAUC ('' = no GAUC)
   c.num_devices = 0                    # 0 = every device (data parallel over all of them)
+  c.seeds_in_parallel = False          # grids: train a variant's seeds together, one vmapped program
+                                       # on one device (ctrjax/train/seeds.py)
 
   c.checkpoint_every_steps = 1000
   c.log_every_steps = 50

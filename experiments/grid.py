@@ -5,6 +5,8 @@ A config file becomes a grid by defining ``get_grid(arg) -> Grid`` next to ``get
 ``<root>/<variant>/seed<k>``: a run with a ``result.json`` is skipped, an interrupted one resumes
 from its checkpoint, so a killed grid rerun ends with the same table as an uninterrupted one.
 
+With ``config.seeds_in_parallel`` each variant's seeds train together as one vmapped program.
+
 Outputs in ``results/<grid name>/<dataset>/``: ``table.md``, ``table.csv`` (per variant: test AUC,
 GAUC and logloss mean ± std over seeds, Δ AUC vs the reference, Welch t-test p-value of AUC vs the
 reference, RelaImpr, seconds per epoch, parameters excluding embeddings), ``ablation.png`` (bars with
@@ -105,8 +107,11 @@ def runs(grid: Grid, root: pathlib.Path):
 
 def run_grid(config: ml_collections.ConfigDict, grid: Grid, root: pathlib.Path,
              results_dir: pathlib.Path) -> list[dict]:
-  """Trains every (variant, seed) not finished yet, then writes the table and figures."""
+  """Trains every (variant, seed) not finished yet, then writes the table and figures. With
+  ``config.seeds_in_parallel`` a variant's unfinished seeds train together (ctrjax/train/seeds.py)."""
   from ctrjax.train import trainer
+  if config.seeds_in_parallel:
+    return _run_grid_seeds_in_parallel(config, grid, pathlib.Path(root), pathlib.Path(results_dir))
   todo = runs(grid, pathlib.Path(root))
   durations = []
   for i, (variant, seed, workdir) in enumerate(todo, 1):
@@ -121,6 +126,26 @@ def run_grid(config: ml_collections.ConfigDict, grid: Grid, root: pathlib.Path,
     trainer.train_and_evaluate(with_overrides(config, grid.variants[variant], seed), workdir)
     durations.append(time.time() - start)
   return write_report(grid, pathlib.Path(root), pathlib.Path(results_dir))
+
+
+def _run_grid_seeds_in_parallel(config, grid: Grid, root: pathlib.Path, results_dir: pathlib.Path):
+  from ctrjax.train import seeds as seeds_lib
+  durations = []
+  for i, variant in enumerate(grid.variants, 1):
+    pending = [(s, w) for v, s, w in runs(grid, root) if v == variant and not (w / "result.json").is_file()]
+    tag = f"[{i}/{len(grid.variants)}] {variant}"
+    if not pending:
+      print(f"{tag}: all {len(grid.seeds)} seeds done, skipped", flush=True)
+      continue
+    remaining = sum(1 for v in list(grid.variants)[i - 1:]
+                    if any(not (w / "result.json").is_file() for vv, _, w in runs(grid, root) if vv == v))
+    eta = f", ETA {np.mean(durations) * remaining / 60:.1f} min" if durations else ""
+    print(f"{tag}: seeds {[s for s, _ in pending]} in one program under {root / variant}{eta}", flush=True)
+    start = time.time()
+    seeds_lib.train_seeds(with_overrides(config, grid.variants[variant], pending[0][0]),
+                          [s for s, _ in pending], [w for _, w in pending])
+    durations.append(time.time() - start)
+  return write_report(grid, root, results_dir)
 
 
 def _load(grid: Grid, root: pathlib.Path) -> dict[str, list[dict]]:

@@ -97,6 +97,23 @@ def test_killed_grid_resumes_to_the_identical_table(grid_config, finished_grid, 
   assert proc.stdout.count("done, skipped") == 4
 
 
+def test_seeds_in_parallel_grid_matches_the_sequential_table(grid_config, finished_grid, tmp_path):
+  root = tmp_path / "runs"
+  proc = _run(grid_config, root, "--config.seeds_in_parallel=True")
+  assert proc.stdout.count("in one program") == 2           # one program per variant, both seeds
+  together = {r["variant"]: r for r in _table(tmp_path / "results" / "toy_grid" / "path")}
+  separate = {r["variant"]: r for r in _table(finished_grid.parent / "results" / "toy_grid" / "path")}
+  for variant, row in separate.items():
+    for key in ("seeds", "params_excl_embeddings", "best_epoch_mean"):
+      assert together[variant][key] == row[key]
+    for key in ("auc_mean", "auc_std", "logloss_mean"):
+      assert float(together[variant][key]) == pytest.approx(float(row[key]), abs=1e-4), (variant, key)
+  (root / "mean" / "seed1" / "result.json").unlink()         # one unfinished seed: only it reruns
+  proc = _run(grid_config, root, "--config.seeds_in_parallel=True")
+  assert "[1/2] sum: all 2 seeds done, skipped" in proc.stdout
+  assert "[2/2] mean: seeds [1] in one program" in proc.stdout
+
+
 def test_grid_rejects_unknown_variants_and_override_keys():
   with pytest.raises(ValueError, match="unknown variants"):
     grid_lib.Grid(name="g", variants={"a": {}}, seeds=(0,), reference="a", curves=("b",))

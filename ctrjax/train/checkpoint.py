@@ -32,12 +32,14 @@ class Checkpointer:
   def best_step(self) -> int | None:
     return self.manager.best_step()
 
-  def save(self, step: int, state, rng, progress: dict, data_iter, metrics: dict | None = None):
-    """Asynchronous save; ``metrics`` (validation) only at epoch ends, making it a best candidate."""
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave({"train": state, "rng": rng}),
-        progress=ocp.args.JsonSave(progress),
-        data_iter=grain.checkpoint.CheckpointSave(data_iter)), metrics=metrics, force=True)
+  def save(self, step: int, state, rng, progress: dict, data_iter=None, metrics: dict | None = None):
+    """Asynchronous save; ``metrics`` (validation) only at epoch ends, making it a best candidate.
+    Without ``data_iter`` (seeds.py's best-state saves) the checkpoint can be tested, not resumed."""
+    items = {"state": ocp.args.StandardSave({"train": state, "rng": rng}),
+             "progress": ocp.args.JsonSave(progress)}
+    if data_iter is not None:
+      items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
+    self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
 
   def restore(self, step: int, state, rng, data_iter=None):
     """Restores into the shardings/structure of ``state`` and ``rng``; returns (state, rng, progress)."""

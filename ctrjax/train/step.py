@@ -157,3 +157,14 @@ def jit_steps(mesh, layout: BatchLayout, regularizer: EmbeddingRegularizer,
   predict = jax.jit(lambda state, packed: predict_step(state, layout.unpack(packed)),
                     out_shardings=repl)
   return train, predict
+
+
+def jit_seed_steps(layout: BatchLayout, regularizer: EmbeddingRegularizer):
+  """``jit_steps``' train and predict with a leading seed axis (seeds.py): train maps state, packed
+  batch and dropout key over it (state donated); predict maps the state over one shared batch."""
+  step = functools.partial(train_step, regularizer=regularizer)
+  train = jax.jit(jax.vmap(lambda state, packed, rng: step(state, layout.unpack(packed), rng)),
+                  donate_argnums=0)
+  predict = jax.jit(jax.vmap(lambda state, packed: predict_step(state, layout.unpack(packed)),
+                             in_axes=(0, None)))
+  return train, predict

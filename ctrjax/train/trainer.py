@@ -35,7 +35,7 @@ from ctrjax.train.checkpoint import Checkpointer
 from ctrjax.train.regularizers import EmbeddingRegularizer
 
 # Config fields that may differ between a run and its resumption.
-_RESUME_FREE = ("workdir", "debug", "log_every_steps", "loader", "progress_bar")
+_RESUME_FREE = ("workdir", "debug", "log_every_steps", "loader", "progress_bar", "seeds_in_parallel")
 
 
 class TrainingDiverged(RuntimeError):
@@ -118,41 +118,67 @@ class Setup:
                                                        self.embeddings)
     self.rng = jax.device_put(jax.random.PRNGKey(config.seed), mesh_lib.replicated(self.mesh))
 
-  def source(self, split: str, train: bool) -> loader.EpochBatchSource:
+  def source(self, split: str, train: bool, seed: int | None = None) -> loader.EpochBatchSource:
+    """Batches of ``split``; the training order is a function of ``seed`` (default config.seed)."""
     c = self.config
     return loader.EpochBatchSource(
-        self.dataset_path, split, c.batch_size if train else c.eval_batch_size, seed=c.seed,
+        self.dataset_path, split, c.batch_size if train else c.eval_batch_size,
+        seed=c.seed if seed is None else seed,
         num_epochs=c.num_epochs if train else 1, shuffle=train, drop_remainder=train,
         process_index=jax.process_index(), process_count=jax.process_count())
 
-  def to_device(self, local_batch: dict) -> dict:
-    """Loader batch -> the model's inputs (id filter applied), packed, as global arrays sharded
-    over the mesh."""
+  def pack(self, local_batch: dict) -> dict:
+    """Loader batch -> the model's packed inputs (id filter applied), on the host."""
     if self.id_filter:
       local_batch = self.id_filter(local_batch)
-    return mesh_lib.to_global(self.layout.pack(local_batch), self.mesh)
+    return self.layout.pack(local_batch)
+
+  def to_device(self, local_batch: dict) -> dict:
+    """``pack``, then global arrays sharded over the mesh."""
+    return mesh_lib.to_global(self.pack(local_batch), self.mesh)
 
   def batches(self, source: loader.EpochBatchSource):
     """Grain iterator whose prefetch threads also do the host -> device transfer."""
     return loader.make_iterator(source, **self.config.loader, transform=self.to_device)
 
-  def init_state(self, sample_local_batch) -> step_lib.TrainState:
+  def init_state(self, sample_local_batch, seed: int | None = None) -> step_lib.TrainState:
     sample = jax.jit(self.layout.unpack)(self.to_device(sample_local_batch))
-    init_rng = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), 1)
+    seed = self.config.seed if seed is None else seed
+    init_rng = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
     return step_lib.create_train_state(self.model, self.tx, sample, init_rng, self.mesh, self.regularizer,
                                        self.embeddings)
 
-  def evaluate(self, state, split: str) -> dict:
-    """Exact metrics over every row of ``split`` (last batch padded with weight 0)."""
+  def evaluate(self, state, split: str, predict=None) -> dict | list[dict]:
+    """Exact metrics over every row of ``split`` (last batch padded with weight 0). With a
+    ``predict`` whose probabilities have a leading seed axis (seeds.py), one dict per seed."""
     src = self.source(split, train=False)
-    probs = []
-    for batch in self.batches(src):
-      probs.append(self.predict(state, batch))
-    n = src.num_rows
-    probs = np.concatenate(jax.device_get(probs)).astype(np.float64)[:n]
+    probs = [(predict or self.predict)(state, batch) for batch in self.batches(src)]
+    probs = np.concatenate(jax.device_get(probs), axis=-1).astype(np.float64)[..., :src.num_rows]
     cols = self.dataset.columns[split]
+    labels = np.asarray(cols[self.dataset.schema.label.name])
     groups = np.asarray(cols[self.config.gauc_group]) if self.config.gauc_group else None
-    return metrics_lib.evaluate(np.asarray(cols[self.dataset.schema.label.name]), probs, groups)
+    if probs.ndim == 1:
+      return metrics_lib.evaluate(labels, probs, groups)
+    return [metrics_lib.evaluate(labels, p, groups) for p in probs]
+
+
+def early_stopping_update(progress: dict, value: float, es: ml_collections.ConfigDict, epoch: int) -> bool:
+  """Records epoch ``epoch``'s validation ``value`` in ``progress`` (best, best_epoch, bad_epochs,
+  stopped); returns whether it improved on the best so far."""
+  if not np.isfinite(value):
+    raise ValueError(f"valid {es.metric} is {value} after epoch {epoch}, so early stopping cannot "
+                     f"compare epochs (GAUC needs users with both classes: dataset.holdout >= 2); "
+                     f"set config.early_stopping.metric to 'auc' or 'logloss'")
+  improved = progress["best"] is None or (value > progress["best"] if es.mode == "max"
+                                          else value < progress["best"])
+  if improved:
+    progress.update(best=value, best_epoch=epoch, bad_epochs=0)
+  else:
+    progress["bad_epochs"] += 1
+    if progress["bad_epochs"] >= es.patience:
+      progress["stopped"] = (f"early stopping after epoch {epoch}: valid {es.metric} did not improve "
+                             f"for {es.patience} epochs")
+  return improved
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
@@ -252,21 +278,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                 "learning_rate": step_lib.learning_rate(state),
                 "seconds": time.time() - t_epoch}
       value = valid[es.metric]
-      if not np.isfinite(value):
-        raise ValueError(f"valid {es.metric} is {value} after epoch {epoch}, so early stopping cannot "
-                         f"compare epochs (GAUC needs users with both classes: dataset.holdout >= 2); "
-                         f"set config.early_stopping.metric to 'auc' or 'logloss'")
-      improved = progress["best"] is None or (value > progress["best"] if es.mode == "max"
-                                              else value < progress["best"])
-      if improved:
-        progress.update(best=value, best_epoch=epoch, bad_epochs=0)
-      else:
-        progress["bad_epochs"] += 1
-        if config.lr_decay_on_plateau < 1.0:
-          state = step_lib.with_learning_rate(
-              state, step_lib.learning_rate(state) * config.lr_decay_on_plateau)
-        if progress["bad_epochs"] >= es.patience:
-          progress["stopped"] = f"early stopping after epoch {epoch}: valid {es.metric} did not improve for {es.patience} epochs"
+      improved = early_stopping_update(progress, value, es, epoch)
+      if not improved and config.lr_decay_on_plateau < 1.0:
+        state = step_lib.with_learning_rate(
+            state, step_lib.learning_rate(state) * config.lr_decay_on_plateau)
       progress["history"].append(record)
       progress["epoch_loss_sum"], progress["epoch_loss_count"] = 0.0, 0
       if main:
@@ -293,8 +308,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       "epochs_run": len(progress["history"]), "stopped": progress["stopped"] or "max epochs",
       "valid": setup.evaluate(state, "valid"), "test": setup.evaluate(state, "test"),
       "resumed_from_step": resumed_from,
-      "parameters": _count(state.params),
-      "parameters_excluding_embeddings": _count(_without_embeddings(state.params)),
+      "parameters": count_parameters(state.params),
+      "parameters_excluding_embeddings": count_parameters(without_embeddings(state.params)),
       "seconds_per_epoch": float(np.mean([h["seconds"] for h in progress["history"]])),
   }
   ckpt.close()
@@ -307,14 +322,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   return result
 
 
-def _count(params) -> int:
+def count_parameters(params) -> int:
   return int(sum(x.size for x in jax.tree.leaves(params)))
 
 
-def _without_embeddings(params: dict) -> dict:
+def without_embeddings(params: dict) -> dict:
   """``params`` without every subtree named "embedding" (per-id tables at any depth, e.g. a
   model's first-order weights under first_order/embedding), as AutoInt's Table 3 counts."""
-  return {k: _without_embeddings(v) if isinstance(v, dict) else v
+  return {k: without_embeddings(v) if isinstance(v, dict) else v
           for k, v in params.items() if k != "embedding"}
 
 
