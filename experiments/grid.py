@@ -5,7 +5,8 @@ A config file becomes a grid by defining ``get_grid(arg) -> Grid`` next to ``get
 ``<root>/<variant>/seed<k>``: a run with a ``result.json`` is skipped, an interrupted one resumes
 from its checkpoint, so a killed grid rerun ends with the same table as an uninterrupted one.
 
-With ``config.seeds_in_parallel`` each variant's seeds train together as one vmapped program.
+With ``config.seeds_in_parallel`` each variant's unfinished seeds train together as one vmapped program
+(ctrjax/train/seeds.py); such a group restarts from scratch if it was killed.
 
 Outputs in ``results/<grid name>/<dataset>/``: ``table.md``, ``table.csv`` (per variant: test AUC,
 GAUC and logloss mean ± std over seeds, Δ AUC vs the reference, Welch t-test p-value of AUC vs the
