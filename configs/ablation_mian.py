@@ -27,6 +27,9 @@ VARIANTS = {
     "post_ln": {"model.ibim_encoder": "post_ln"},
     "no_transformer": {"model.ibim_encoder": "none", "model.position_embedding": False},
 }
+# On synthetic only: without IBIM the GIM still sees e_b, the mean of the behaviour embeddings; this
+# variant removes that too, so the model sees no behaviour at all (not a row of the paper).
+SYNTHETIC_DIAGNOSTICS = {"no_behaviour_group": {"model.use_ibim": False, "model.use_behavior_mean": False}}
 DATASETS = ("ml-latest-small", "ml-100k", "synthetic")
 # Planted signal in the user and behaviour groups, none in the context group: removing ICIM should
 # cost nothing, removing IUIM or IBIM should cost AUC. A small world (2,000 items, 1,000 users:
@@ -47,11 +50,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 def get_grid(arg: str | None = None) -> Grid:
   a = parse_arg(arg, "configs/ablation_mian.py", DATASETS)
+  variants, sections = dict(VARIANTS), {
+      "Table 3: modules": ("full", "no_iuim", "no_icim", "no_ibim", "no_gim", "no_iuim_icim"),
+      "Table 4: IBIM encoder": ("full", "post_ln", "no_transformer")}
+  if a["dataset"] == "synthetic":   # does the model use the planted behaviour signal at all?
+    variants.update(SYNTHETIC_DIAGNOSTICS)
+    sections["Diagnostic: behaviour group"] = ("full", "no_ibim", *SYNTHETIC_DIAGNOSTICS)
   return Grid(
       **grid_identity("ablation_mian", a),
-      variants=VARIANTS,
+      variants=variants,
       reference="full",
-      sections={"Table 3: modules": ("full", "no_iuim", "no_icim", "no_ibim", "no_gim", "no_iuim_icim"),
-                "Table 4: IBIM encoder": ("full", "post_ln", "no_transformer")},
+      sections=sections,
       curves=("full", "post_ln", "no_transformer"),
       attention=("full", "gim", GIM_TOKENS))

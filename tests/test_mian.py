@@ -86,6 +86,7 @@ SWITCHES = {
                                     "position_embedding": False},     # Table 4 row 2
     "no_encoder": {"ibim_encoder": "none", "position_embedding": False},  # Table 4 row 3
     "concat_no_iuim": {"gim_combine": "concat", "use_iuim": False},
+    "no_behaviour_group": {"use_ibim": False, "use_behavior_mean": False},
 }
 
 # The three IBIM encoders, together covering the other non-default switches; compiled once each.
@@ -122,7 +123,7 @@ class MianTest(chex.TestCase, parameterized.TestCase):
     out = self.variant(lambda v, b: model.apply(v, b, train=False))(_model_variables(model), _batch(1))
     on = {m: switches.get(f"use_{m}", True) for m in ("ibim", "iuim", "icim", "gim")}
     expected = {"ibim": (B, T), "iuim": (B, 2), "icim": (B, 2),
-                "gim": (B, 4 + on["ibim"] + on["iuim"] + on["icim"])}
+                "gim": (B, 3 + switches.get("use_behavior_mean", True) + on["ibim"] + on["iuim"] + on["icim"])}
     chex.assert_shape(out["logit"], (B,))
     assert set(out["attention"]) == {m for m in expected if on[m]}
     for name, alpha in out["attention"].items():
@@ -165,6 +166,17 @@ class MianTest(chex.TestCase, parameterized.TestCase):
     dead = [jax.tree_util.keystr(path) for path, g in jax.tree_util.tree_leaves_with_path(grads)
             if np.abs(np.asarray(g)).max() < 1e-7]
     assert not dead, f"parameters without gradient: {dead}"
+
+  def test_without_ibim_and_behaviour_mean_the_behaviours_are_ignored(self):
+    model = _model(use_ibim=False, use_behavior_mean=False)
+    variables = _model_variables(model)
+    batch, other = _batch(0), _batch(0)
+    other["behavior"] = _batch(5)["behavior"]
+    assert not np.array_equal(other["behavior"]["hist_item_id"], batch["behavior"]["hist_item_id"])
+    chex.assert_trees_all_equal(model.apply(variables, batch)["logit"], model.apply(variables, other)["logit"])
+    with_mean = _model(use_ibim=False)
+    variables = _model_variables(with_mean)
+    assert not np.allclose(with_mean.apply(variables, batch)["logit"], with_mean.apply(variables, other)["logit"])
 
   def test_dropout_acts_only_in_training(self):
     model = _model()

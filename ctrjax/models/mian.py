@@ -75,6 +75,8 @@ class Model(nn.Module):
   use_iuim: bool = True
   use_icim: bool = True
   use_gim: bool = True
+  use_behavior_mean: bool = True        # e_b as a GIM token (paper); False with use_ibim=False takes
+                                        # the behaviour group out of the model (a diagnostic, not a paper row)
   ibim_encoder: str = "pre_ln"          # 'pre_ln' (paper), 'post_ln' or 'none' (Table 4)
   position_embedding: bool = True
   score: str = "tanh"                   # 'tanh' (paper eq. 8) or 'linear'
@@ -106,7 +108,7 @@ class Model(nn.Module):
   def gim_tokens(self) -> tuple[str, ...]:
     """GIM's tokens in eq. 14 order, without ablated modules and fieldless groups."""
     present = {"e_i": True, "e_c": bool(self.schema.group("context")),
-               "e_b": bool(self.schema.group("behavior")), "e_u": bool(self.schema.group("user")),
+               "e_b": bool(self.schema.group("behavior")) and self.use_behavior_mean, "e_u": bool(self.schema.group("user")),
                "R_ibim": self.use_ibim, "R_iuim": self.use_iuim, "R_icim": self.use_icim}
     return tuple(name for name, on in present.items() if on)
 
@@ -123,7 +125,8 @@ class Model(nn.Module):
     if emb["behavior"]:
       mask = batch["behavior"]["mask"]
       behaviors = jnp.concatenate(list(emb["behavior"].values()), axis=-1)         # [B, T, D_b]
-      reps["e_b"] = masked_mean(behaviors, mask, axis=1)
+      if self.use_behavior_mean:
+        reps["e_b"] = masked_mean(behaviors, mask, axis=1)
       if self.use_ibim:
         reps["R_ibim"], attention["ibim"] = self._ibim(item, behaviors, mask, train, init, kernel_init)
     if self.use_iuim:
