@@ -28,6 +28,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       use_iuim=True,                   # item-user interaction
       use_icim=True,                   # item-context interaction
       use_gim=True,                    # global interaction over the 7 representations
+      use_behavior_mean=True,          # e_b, the mean behaviour embedding, as a GIM token
       ibim_encoder="pre_ln",           # pre_ln | post_ln | none (Table 4)
       position_embedding=True,         # learned position embedding on the behaviour sequence
       score="tanh",                    # tanh(V w + b) (paper) | linear

@@ -16,8 +16,8 @@ from experiments.grid import with_overrides
 from tests.conftest import REPO, shared_path
 
 CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.py") if p.name != "__init__.py")
-# Grid arguments whose dataset has a different schema from the default one.
-OTHER_SCHEMAS = {"ablation_autoint.py": ("dataset=ml-100k",)}
+# Grid arguments whose dataset has a different schema (or grid) from the default one.
+OTHER_SCHEMAS = {"ablation_autoint.py": ("dataset=ml-100k",), "ablation_mian.py": ("dataset=synthetic",)}
 
 
 def _cases():
