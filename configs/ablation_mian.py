@@ -14,7 +14,7 @@ Table 4: the IBIM encoder: Pre-LN Transformer (= full), post-LN (original) Trans
 """
 import ml_collections
 
-from configs import mian
+from configs import din, mian
 from experiments.grid import Grid, apply_grid_arg, grid_identity, parse_arg
 
 VARIANTS = {
@@ -27,9 +27,14 @@ VARIANTS = {
     "post_ln": {"model.ibim_encoder": "post_ln"},
     "no_transformer": {"model.ibim_encoder": "none", "model.position_embedding": False},
 }
-# On synthetic only: without IBIM the GIM still sees e_b, the mean of the behaviour embeddings; this
-# variant removes that too, so the model sees no behaviour at all (not a row of the paper).
-SYNTHETIC_DIAGNOSTICS = {"no_behaviour_group": {"model.use_ibim": False, "model.use_behavior_mean": False}}
+# On synthetic only (not rows of the paper): without IBIM the GIM still sees e_b, the mean of the
+# behaviour embeddings; no_behaviour_group removes that too, so the model sees no behaviour at all.
+# din is DIN's model (configs/din.py) under the same training settings: can the behaviour signal be
+# learnt from these 80k rows at all?
+SYNTHETIC_DIAGNOSTICS = {
+    "no_behaviour_group": {"model.use_ibim": False, "model.use_behavior_mean": False},
+    "din": {"model_name": "din", "model": din.model_config().to_dict()},
+}
 DATASETS = ("ml-latest-small", "ml-100k", "synthetic")
 # Planted signal in the user and behaviour groups, none in the context group: removing ICIM should
 # cost nothing, removing IUIM or IBIM should cost AUC. A small world (2,000 items, 1,000 users:
