@@ -178,6 +178,19 @@ class MianTest(chex.TestCase, parameterized.TestCase):
     variables = _model_variables(with_mean)
     assert not np.allclose(with_mean.apply(variables, batch)["logit"], with_mean.apply(variables, other)["logit"])
 
+  def test_ibim_ranks_behaviours_the_same_for_every_candidate(self):
+    """Eq. 8 with one W: s_t = tanh(w_i · e_i + w_h · h_t + b) is monotone in w_h · h_t, so the order
+    of the IBIM weights over a history does not depend on the candidate (README, planted signal)."""
+    model = _model()
+    variables = _model_variables(model)
+    batch = _batch(0, lengths=[T] * B)
+    history = {k: np.repeat(v[:1], B, axis=0) for k, v in batch["behavior"].items()}
+    batch["behavior"] = history                                   # one history, B candidates
+    alpha = np.asarray(model.apply(variables, batch)["attention"]["ibim"])
+    assert not np.allclose(alpha, alpha[:1])                      # the weights do change ...
+    order = np.argsort(alpha, axis=1)
+    np.testing.assert_array_equal(order, np.repeat(order[:1], B, axis=0))   # ... their order does not
+
   def test_dropout_acts_only_in_training(self):
     model = _model()
     variables, batch = _model_variables(model), _batch(6)
