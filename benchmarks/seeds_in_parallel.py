@@ -48,7 +48,7 @@ def main():
       config = _config(path, a.dataset, a.epochs)
       name = pathlib.Path(path).stem
       start = time.perf_counter()
-      separate = [trainer.train_and_evaluate(seeds_lib._seed_config(config, s), tmp / f"{name}_sep{s}")
+      separate = [trainer.train_and_evaluate(seeds_lib.seed_config(config, s), tmp / f"{name}_sep{s}")
                   for s in seeds]
       t_separate = time.perf_counter() - start
       start = time.perf_counter()

@@ -28,7 +28,7 @@ def both(dataset, tmp_path_factory):  # noqa: F811
   root = tmp_path_factory.mktemp("seeds")
   config = _config(dataset, num_epochs=6, num_devices=1, lr_decay_on_plateau=0.5, **{
       "optimizer.learning_rate": 0.01, "early_stopping.patience": 2})
-  separate = [trainer.train_and_evaluate(seeds_lib._seed_config(config, s), root / f"separate{s}")
+  separate = [trainer.train_and_evaluate(seeds_lib.seed_config(config, s), root / f"separate{s}")
               for s in SEEDS]
   together = seeds_lib.train_seeds(config, SEEDS, [root / f"together{s}" for s in SEEDS])
   return root, separate, together

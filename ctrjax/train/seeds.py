@@ -47,7 +47,8 @@ class _StackedSource(grain.sources.RandomAccessDataSource):
     return {k: np.stack([p[k] for p in packed]) for k in packed[0]}
 
 
-def _seed_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
+def seed_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
+  """A copy of ``config`` with ``seed``: what seed ``seed`` of a group would run on its own."""
   out = ml_collections.ConfigDict(config.to_dict())
   out.seed = seed
   return out
@@ -74,7 +75,7 @@ def train_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
   single.num_devices = 1
   setup = trainer.Setup(single)
   es, num_seeds = config.early_stopping, len(seeds)
-  configs = [_seed_config(config, s).to_dict() for s in seeds]
+  configs = [seed_config(config, s).to_dict() for s in seeds]
   for workdir, cfg in zip(workdirs, configs):
     if (workdir / "checkpoints").exists():        # an interrupted group: start this seed over
       shutil.rmtree(workdir / "checkpoints")
