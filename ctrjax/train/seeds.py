@@ -155,15 +155,8 @@ def train_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
               metrics={es.metric: p["best"]})
     ckpt.wait()
     ckpt.close()
-    result = {
-        "model": config.model_name, "dataset": str(setup.dataset_path), "seed": seed,
-        "best_step": p["best_step"], "best_epoch": p["best_epoch"], "epochs_run": len(p["history"]),
-        "stopped": p["stopped"], "valid": setup.evaluate(best, "valid"), "test": setup.evaluate(best, "test"),
-        "resumed_from_step": None, "seeds_in_parallel": num_seeds,
-        "parameters": trainer.count_parameters(best.params),
-        "parameters_excluding_embeddings": trainer.count_parameters(trainer.without_embeddings(best.params)),
-        "seconds_per_epoch": float(np.mean([h["seconds"] for h in p["history"]])),
-    }
+    result = trainer.run_result(setup, seed, best, p["best_step"], p["best_epoch"], p,
+                                resumed_from_step=None, seeds_in_parallel=num_seeds)
     (workdirs[k] / "result.json").write_text(json.dumps(result, indent=1) + "\n")
     t = result["test"]
     print(f"seed {seed}: test auc {t['auc']:.4f}  gauc {t.get('gauc', float('nan')):.4f}  logloss "

@@ -302,16 +302,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   # --- Test with the best checkpoint ----------------------------------------------------------
   best_step = ckpt.best_step()
   state, _, best_progress = ckpt.restore(best_step, state, rng)
-  result = {
-      "model": config.model_name, "dataset": str(setup.dataset_path), "seed": config.seed,
-      "best_step": best_step, "best_epoch": best_progress["best_epoch"],
-      "epochs_run": len(progress["history"]), "stopped": progress["stopped"] or "max epochs",
-      "valid": setup.evaluate(state, "valid"), "test": setup.evaluate(state, "test"),
-      "resumed_from_step": resumed_from,
-      "parameters": count_parameters(state.params),
-      "parameters_excluding_embeddings": count_parameters(without_embeddings(state.params)),
-      "seconds_per_epoch": float(np.mean([h["seconds"] for h in progress["history"]])),
-  }
+  result = run_result(setup, config.seed, state, best_step, best_progress["best_epoch"], progress,
+                      resumed_from_step=resumed_from)
   ckpt.close()
   if main:
     (workdir / "result.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -320,6 +312,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     print(f"test: auc {t['auc']:.4f}  gauc {t.get('gauc', float('nan')):.4f}  "
           f"logloss {t['logloss']:.4f}  (best epoch {result['best_epoch']}, {workdir})", flush=True)
   return result
+
+
+def run_result(setup: Setup, seed: int, best_state, best_step: int, best_epoch: int, progress: dict,
+               **extra) -> dict:
+  """result.json of a finished run: valid and test metrics of its best state, and its facts."""
+  return {
+      "model": setup.config.model_name, "dataset": str(setup.dataset_path), "seed": seed,
+      "best_step": best_step, "best_epoch": best_epoch,
+      "epochs_run": len(progress["history"]), "stopped": progress["stopped"] or "max epochs",
+      "valid": setup.evaluate(best_state, "valid"), "test": setup.evaluate(best_state, "test"),
+      **extra,
+      "parameters": count_parameters(best_state.params),
+      "parameters_excluding_embeddings": count_parameters(without_embeddings(best_state.params)),
+      "seconds_per_epoch": float(np.mean([h["seconds"] for h in progress["history"]])),
+  }
 
 
 def count_parameters(params) -> int:
