@@ -12,6 +12,7 @@ benchmarks/results/seeds_in_parallel.json.
 """
 import argparse
 import json
+import os
 import pathlib
 import platform
 import tempfile
@@ -69,7 +70,7 @@ def main():
           f"{r['speedup']:>9.2f}x{r['max_test_auc_diff']:>19.5f}")
   OUT.parent.mkdir(parents=True, exist_ok=True)
   OUT.write_text(json.dumps({"machine": platform.processor() or platform.machine(),
-                             "cpu_count": __import__("os").cpu_count(), "rows": rows}, indent=1) + "\n")
+                             "cpu_count": os.cpu_count(), "rows": rows}, indent=1) + "\n")
   print(f"wrote {OUT}")
 
 

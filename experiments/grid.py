@@ -131,20 +131,22 @@ def run_grid(config: ml_collections.ConfigDict, grid: Grid, root: pathlib.Path,
 
 def _run_grid_seeds_in_parallel(config, grid: Grid, root: pathlib.Path, results_dir: pathlib.Path):
   from ctrjax.train import seeds as seeds_lib
+  pending = {v: [] for v in grid.variants}                # variant -> its unfinished (seed, workdir)
+  for variant, seed, workdir in runs(grid, root):
+    if not (workdir / "result.json").is_file():
+      pending[variant].append((seed, workdir))
   durations = []
-  for i, variant in enumerate(grid.variants, 1):
-    pending = [(s, w) for v, s, w in runs(grid, root) if v == variant and not (w / "result.json").is_file()]
+  for i, (variant, todo) in enumerate(pending.items(), 1):
     tag = f"[{i}/{len(grid.variants)}] {variant}"
-    if not pending:
+    if not todo:
       print(f"{tag}: all {len(grid.seeds)} seeds done, skipped", flush=True)
       continue
-    remaining = sum(1 for v in list(grid.variants)[i - 1:]
-                    if any(not (w / "result.json").is_file() for vv, _, w in runs(grid, root) if vv == v))
+    remaining = sum(1 for v in list(grid.variants)[i - 1:] if pending[v])
     eta = f", ETA {np.mean(durations) * remaining / 60:.1f} min" if durations else ""
-    print(f"{tag}: seeds {[s for s, _ in pending]} in one program under {root / variant}{eta}", flush=True)
+    print(f"{tag}: seeds {[s for s, _ in todo]} in one program under {root / variant}{eta}", flush=True)
     start = time.time()
-    seeds_lib.train_seeds(with_overrides(config, grid.variants[variant], pending[0][0]),
-                          [s for s, _ in pending], [w for _, w in pending])
+    seeds_lib.train_seeds(with_overrides(config, grid.variants[variant], todo[0][0]),
+                          [s for s, _ in todo], [w for _, w in todo])
     durations.append(time.time() - start)
   return write_report(grid, root, results_dir)
 

@@ -108,7 +108,8 @@ class Model(nn.Module):
   def gim_tokens(self) -> tuple[str, ...]:
     """GIM's tokens in eq. 14 order, without ablated modules and fieldless groups."""
     present = {"e_i": True, "e_c": bool(self.schema.group("context")),
-               "e_b": bool(self.schema.group("behavior")) and self.use_behavior_mean, "e_u": bool(self.schema.group("user")),
+               "e_b": bool(self.schema.group("behavior")) and self.use_behavior_mean,
+               "e_u": bool(self.schema.group("user")),
                "R_ibim": self.use_ibim, "R_iuim": self.use_iuim, "R_icim": self.use_icim}
     return tuple(name for name, on in present.items() if on)
 

@@ -134,9 +134,7 @@ def train_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
         if p["stopped"]:
           active.remove(k)
       if config.lr_decay_on_plateau < 1.0:
-        hyper = state.opt_state.hyperparams
-        state = state.replace(opt_state=state.opt_state._replace(hyperparams={
-            **hyper, "learning_rate": jnp.asarray(lr, hyper["learning_rate"].dtype)}))
+        state = step_lib.with_learning_rate(state, lr)
       bar.update(step - bar.n)
       tqdm.tqdm.write(f"epoch {epoch} ({seconds:.1f} s, {num_seeds} seeds): valid_{es.metric} " + " ".join(
           f"{v[es.metric]:.4f}{'*' if progress[k]['best_epoch'] == epoch else ''}"

@@ -43,7 +43,8 @@ def learning_rate(state: TrainState) -> float:
   return float(state.opt_state.hyperparams["learning_rate"])
 
 
-def with_learning_rate(state: TrainState, lr: float) -> TrainState:
+def with_learning_rate(state: TrainState, lr) -> TrainState:
+  """``state`` with learning rate ``lr`` (a float, or one per seed for seeds.py's stacked state)."""
   old = state.opt_state.hyperparams["learning_rate"]
   new = jax.device_put(jnp.asarray(lr, old.dtype), old.sharding)
   return state.replace(opt_state=state.opt_state._replace(
