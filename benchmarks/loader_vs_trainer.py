@@ -1,6 +1,6 @@
 """Loader throughput next to trainer throughput on a 1M-row synthetic dataset (goal: loader >= 10x).
 
-  .venv/bin/python -m benchmarks.loader_vs_trainer [--rows 1000000] [--batch 1024] [--steps 200]
+  .venv/bin/python -m benchmarks.loader_vs_trainer [--rows 1000000] [--batch 1024] [--steps 200] [--out FILE.json]
 
 Both are measured in one process, side by side, in steady state (compile and warm-up excluded):
   * loader: the grain iterator the trainer uses (batch gather from memmaps, 2 read threads);
@@ -39,6 +39,7 @@ def main():
   ap.add_argument("--rows", type=int, default=1_000_000)
   ap.add_argument("--batch", type=int, default=1024)
   ap.add_argument("--steps", type=int, default=200)
+  ap.add_argument("--out", type=pathlib.Path, default=OUT)
   a = ap.parse_args()
   path = synthetic.prepare(num_rows=a.rows, num_items=100_000, num_users=20_000)
   c = base_config.get_config()
@@ -72,12 +73,12 @@ def main():
   for k, v in rows.items():
     print(f"{k:45s} {v:12,.0f}")
   print(f"loader+transfer / trainer = {ratio:.1f}x (goal >= 10x)")
-  OUT.parent.mkdir(parents=True, exist_ok=True)
-  OUT.write_text(json.dumps({
+  a.out.parent.mkdir(parents=True, exist_ok=True)
+  a.out.write_text(json.dumps({
       "rows": a.rows, "batch_size": a.batch, "steps": a.steps, "devices": jax.device_count(),
       "platform": jax.devices()[0].platform, "machine": platform.machine(), "jax": jax.__version__,
       "samples_per_s": rows, "loader_over_trainer": ratio}, indent=1) + "\n")
-  print(f"wrote {OUT}")
+  print(f"wrote {a.out}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """K seeds in one vmapped program (ctrjax/train/seeds.py) against the same K runs one after another.
 
   .venv/bin/python -m benchmarks.seeds_in_parallel [--configs configs/mian.py configs/din.py]
-      [--seeds 5] [--epochs 1] [--dataset ml-latest-small]
+      [--seeds 5] [--epochs 1] [--dataset ml-latest-small] [--batch_size N] [--out FILE.json]
 
 Per config: the end-to-end wall time (set-up, compilation with the persistent cache cold for that
 config, training, validation and test) of K separate ``train_and_evaluate`` runs and of one
@@ -27,9 +27,10 @@ from ctrjax.train import trainer
 OUT = pathlib.Path(__file__).parent / "results" / "seeds_in_parallel.json"
 
 
-def _config(path: str, dataset: str, epochs: int):
+def _config(path: str, dataset: str, epochs: int, batch_size: int):
   c = load_config_module(path).get_config()
   c.dataset.name, c.num_epochs, c.progress_bar, c.num_devices = dataset, epochs, False, 1
+  c.batch_size = batch_size or c.batch_size
   c.early_stopping.patience = epochs + 1        # no early stop: both modes train every epoch
   return c
 
@@ -40,13 +41,15 @@ def main():
   ap.add_argument("--seeds", type=int, default=5)
   ap.add_argument("--epochs", type=int, default=1)
   ap.add_argument("--dataset", default="ml-latest-small")
+  ap.add_argument("--batch_size", type=int, default=0, help="0 = the config's")
+  ap.add_argument("--out", type=pathlib.Path, default=OUT)
   a = ap.parse_args()
   seeds = list(range(a.seeds))
   rows = []
   with tempfile.TemporaryDirectory() as tmp:
     tmp = pathlib.Path(tmp)
     for path in a.configs:
-      config = _config(path, a.dataset, a.epochs)
+      config = _config(path, a.dataset, a.epochs, a.batch_size)
       name = pathlib.Path(path).stem
       start = time.perf_counter()
       separate = [trainer.train_and_evaluate(seeds_lib.seed_config(config, s), tmp / f"{name}_sep{s}")
@@ -61,6 +64,7 @@ def main():
           "max_test_auc_diff": max(abs(x["test"]["auc"] - y["test"]["auc"]) for x, y in zip(separate, together)),
           "test_auc_separate": [x["test"]["auc"] for x in separate],
           "test_auc_together": [y["test"]["auc"] for y in together]})
+      print(f"{path}: {t_separate:.1f} s one by one, {t_together:.1f} s in one program", flush=True)
   print(f"\n{a.seeds} seeds, {a.epochs} epoch(s) on {a.dataset}, {jax.devices()[0].platform}, "
         f"{jax.device_count()} device(s) visible (1 used)")
   print(f"{'config':<22}{'batch':>6}{'K runs one by one (s)':>24}{'K in one program (s)':>23}"
@@ -68,10 +72,12 @@ def main():
   for r in rows:
     print(f"{r['config']:<22}{r['batch_size']:>6}{r['separate_s']:>24.1f}{r['together_s']:>23.1f}"
           f"{r['speedup']:>9.2f}x{r['max_test_auc_diff']:>19.5f}")
-  OUT.parent.mkdir(parents=True, exist_ok=True)
-  OUT.write_text(json.dumps({"machine": platform.processor() or platform.machine(),
-                             "cpu_count": os.cpu_count(), "rows": rows}, indent=1) + "\n")
-  print(f"wrote {OUT}")
+  a.out.parent.mkdir(parents=True, exist_ok=True)
+  a.out.write_text(json.dumps({"machine": platform.processor() or platform.machine(),
+                               "cpu_count": os.cpu_count(), "platform": jax.devices()[0].platform,
+                               "device_kind": jax.devices()[0].device_kind, "jax": jax.__version__,
+                               "rows": rows}, indent=1) + "\n")
+  print(f"wrote {a.out}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Steady-state training throughput (samples/s) per model config and batch size, side by side.
 
   .venv/bin/python -m benchmarks.train_throughput [--configs configs/mian.py configs/base.py]
-      [--batch_sizes 128 1024] [--steps 100] [--dataset ml-latest-small]
+      [--batch_sizes 128 1024] [--steps 100] [--dataset ml-latest-small] [--out FILE.json]
 
 Every (config, batch size) pair trains on batches already on the device (the loader is measured
 separately in benchmarks.loader_vs_trainer), after a warm-up that includes compilation; the pairs
@@ -53,6 +53,7 @@ def main():
   ap.add_argument("--batch_sizes", nargs="+", type=int, default=[128, 1024])
   ap.add_argument("--steps", type=int, default=100)
   ap.add_argument("--dataset", default="ml-latest-small")
+  ap.add_argument("--out", type=pathlib.Path, default=OUT)
   a = ap.parse_args()
   benches = {(c, b): _Bench(_config(c, a.dataset, b)) for c in a.configs for b in a.batch_sizes}
   rates = {k: [] for k in benches}
@@ -65,11 +66,12 @@ def main():
   for (c, b), r in rates.items():
     print(f"{c:22s} {b:6d} {np.mean(r):30,.0f}")
     rows.append({"config": c, "batch_size": b, "samples_per_s": float(np.mean(r)), "rounds": r})
-  OUT.parent.mkdir(parents=True, exist_ok=True)
-  OUT.write_text(json.dumps({"dataset": a.dataset, "devices": jax.device_count(),
-                             "platform": jax.devices()[0].platform, "machine": platform.machine(),
-                             "jax": jax.__version__, "rows": rows}, indent=1) + "\n")
-  print(f"wrote {OUT}")
+  a.out.parent.mkdir(parents=True, exist_ok=True)
+  a.out.write_text(json.dumps({"dataset": a.dataset, "devices": jax.device_count(),
+                               "platform": jax.devices()[0].platform,
+                               "device_kind": jax.devices()[0].device_kind, "machine": platform.machine(),
+                               "jax": jax.__version__, "rows": rows}, indent=1) + "\n")
+  print(f"wrote {a.out}")
 
 
 if __name__ == "__main__":
