@@ -2,6 +2,7 @@
 import csv
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -51,6 +52,19 @@ def _run(config_path, workdir, *extra, check=True):
   if check and proc.returncode != 0:
     raise AssertionError(f"{cmd} failed:\n{proc.stderr[-3000:]}")
   return proc
+
+
+def _start(config_path, workdir):
+  """A grid worker in the background, its stdout and stderr merged."""
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu",
+         "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+  cmd = [sys.executable, "-m", "ctrjax.main", "run", f"--config={config_path}", f"--workdir={workdir}"]
+  return subprocess.Popen(cmd, cwd=workdir.parent, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+
+
+def _trained(output: str) -> list[str]:
+  return re.findall(r"\] (\w+ seed \d): running in", output)
 
 
 def _table(results_dir):
@@ -110,8 +124,38 @@ def test_seeds_in_parallel_grid_matches_the_sequential_table(grid_config, finish
       assert float(together[variant][key]) == pytest.approx(float(row[key]), abs=1e-4), (variant, key)
   (root / "mean" / "seed1" / "result.json").unlink()         # one unfinished seed: only it reruns
   proc = _run(grid_config, root, "--config.seeds_in_parallel=True")
-  assert "[1/2] sum: all 2 seeds done, skipped" in proc.stdout
+  assert "[1/2] sum: done, skipped" in proc.stdout
   assert "[2/2] mean: seeds [1] in one program" in proc.stdout
+
+
+def test_two_workers_share_a_grid_and_train_each_run_once(grid_config, finished_grid, tmp_path):
+  root = tmp_path / "runs"
+  root.mkdir()
+  workers = [_start(grid_config, root) for _ in range(2)]
+  outputs = [w.communicate(timeout=300)[0] for w in workers]
+  assert [w.returncode for w in workers] == [0, 0], outputs
+  assert sorted(_trained(outputs[0]) + _trained(outputs[1])) == [
+      "mean seed 0", "mean seed 1", "sum seed 0", "sum seed 1"]
+  assert _table(tmp_path / "results" / "toy_grid" / "path") == _table(
+      finished_grid.parent / "results" / "toy_grid" / "path")
+
+
+def test_a_run_held_by_a_dead_worker_is_taken_over_at_the_end(grid_config, finished_grid, tmp_path):
+  root = tmp_path / "runs"
+  held = grid_lib._lock(root / "sum" / ".seed1.lock", wait=False)   # a worker that will die unfinished
+  worker = _start(grid_config, root)
+  seen = []
+  for line in worker.stdout:                 # let the worker go past the held run to the last one
+    seen.append(line)
+    if "mean seed 1: running in" in line:
+      break
+  held.close()
+  output = "".join(seen) + worker.communicate(timeout=300)[0]
+  assert worker.returncode == 0, output
+  assert "[2/4] sum seed 1: another worker holds it" in output
+  assert _trained(output) == ["sum seed 0", "mean seed 0", "mean seed 1", "sum seed 1"]
+  assert _table(tmp_path / "results" / "toy_grid" / "path") == _table(
+      finished_grid.parent / "results" / "toy_grid" / "path")
 
 
 def test_grid_rejects_unknown_variants_and_override_keys():
