@@ -53,7 +53,7 @@ def figure(workdir: str | pathlib.Path, out_path: str | pathlib.Path, num_candid
   for group in ("user", "context"):
     for name, values in batch.get(group, {}).items():
       batch[group][name] = np.repeat(values[:1], len(rows), axis=0)
-  unpacked = jax.jit(setup.layout.unpack)(setup.to_device(batch))
+  unpacked = jax.jit(setup.layout.unpack)(setup.pack(batch))   # unsharded: 6 rows need not divide the devices
   variables = {"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
   out = state.apply_fn(variables, unpacked, train=False)
   weights = np.asarray(jax.device_get(out["attention"]["din"]))

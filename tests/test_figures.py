@@ -1,0 +1,53 @@
+"""The paper-figure scripts on real trained runs: AutoInt's Figure 7 (experiments/autoint_attention.py)
+and DIN's Figure 5 (experiments/din_attention.py), each from a 1-epoch run on the bundled
+ml-latest-small."""
+import pathlib
+
+import chex
+import numpy as np
+import pytest
+
+from configs import autoint as autoint_config
+from configs import din as din_config
+from ctrjax.layers.interaction import field_names
+from ctrjax.train import trainer
+from experiments import autoint_attention, din_attention
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _train(config, workdir):
+  config.dataset.name, config.dataset.out_root = "ml-latest-small", str(REPO / "data" / "prepared")
+  config.num_epochs, config.batch_size, config.progress_bar = 1, 1024, False
+  trainer.train_and_evaluate(config, workdir)
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def autoint_run(tmp_path_factory):
+  config = autoint_config.get_config("plain")
+  config.model.num_layers = 2
+  return _train(config, tmp_path_factory.mktemp("autoint") / "run")
+
+
+def test_autoint_figure_maps_are_attention_rows_over_the_test_set(autoint_run, tmp_path):
+  sample, mean, names, row = autoint_attention.attention_maps(autoint_run, layer=1)
+  setup, _, _ = trainer.load_best(autoint_run)
+  fields = len(field_names(setup.dataset.schema))
+  assert names == field_names(setup.dataset.schema)
+  chex.assert_shape((sample, mean), ((fields, fields), (fields, fields)))
+  np.testing.assert_allclose(sample.sum(-1), 1.0, atol=1e-5)
+  np.testing.assert_allclose(mean.sum(-1), 1.0, atol=1e-5)
+  assert setup.dataset.columns["test"][setup.dataset.schema.label.name][row] == 1
+  assert not np.allclose(sample, mean)              # one sample is not the average
+  png = autoint_attention.figure(autoint_run, tmp_path / "fig7.png")
+  assert png.read_bytes()[:8] == PNG
+
+
+def test_din_figure_draws_and_the_autoint_figure_refuses_a_din_run(tmp_path):
+  run = _train(din_config.get_config(), tmp_path / "din")
+  with pytest.raises(ValueError, match="model 'din', expected 'autoint'"):
+    autoint_attention.attention_maps(run)
+  png = din_attention.figure(run, tmp_path / "fig5.png")
+  assert png.read_bytes()[:8] == PNG
