@@ -148,7 +148,7 @@ def _command(a, lib: str, model: str, repeat: int, dataset: pathlib.Path,
     cmd = [sys.executable, "-m", "benchmarks.compare_torch.jax_runner", "--dataset", str(dataset)]
   else:
     cmd = [a.torch_python, "-m", "benchmarks.compare_torch.torch_runner", "--library", lib,
-           "--data", str(npz), "--threads", str(a.torch_threads)]
+           "--data", str(npz), "--threads", str(a.torch_threads), "--device", a.torch_device]
   cmd += ["--model", model, "--epochs", str(a.epochs), "--warmup", str(a.warmup),
           "--seed", str(a.seed + repeat)]
   return cmd + (["--batch_norm"] if a.batch_norm else [])
@@ -179,6 +179,8 @@ def main():
                   help="BatchNorm in ctrjax's and DeepCTR-Torch's DNNs (torch-rechub's always have it)")
   ap.add_argument("--torch_threads", type=int, default=0,
                   help="torch intra-op threads (0: torch's default)")
+  ap.add_argument("--torch_device", default="cpu", help="cpu, or cuda where torch has a GPU (ctrjax "
+                  "takes jax's default device)")
   ap.add_argument("--timeout", type=float, default=3600, help="seconds per run")
   ap.add_argument("--torch_python", default=str(REPO / "cache" / "torch-venv" / "bin" / "python"))
   ap.add_argument("--out", default=str(OUT))
@@ -218,7 +220,7 @@ def main():
         "cpus": os.cpu_count(), "hparams": spec.HPARAMS, "deviations": notes,
         "complete": len(results) == len(runs), "summary": rows, "runs": results}, indent=1) + "\n")
 
-  print(f"\n{platform.machine()}, {os.cpu_count()} CPUs; batch {spec.BATCH_SIZE}, embedding "
+  print(f"\n{platform.machine()}, {os.cpu_count()} CPUs, torch on {a.torch_device}; batch {spec.BATCH_SIZE}, embedding "
         f"{spec.EMBED_DIM}, Adam {spec.LEARNING_RATE:g}, {a.epochs} epoch(s), DNN BatchNorm "
         f"{'on' if a.batch_norm else 'off'}; means over {a.repeats} repeat(s)")
   print(table(rows))

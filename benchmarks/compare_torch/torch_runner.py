@@ -2,12 +2,13 @@
 
   cache/torch-venv/bin/python -m benchmarks.compare_torch.torch_runner --library deepctr --model din \
       --data cache/compare_torch/<dataset>.npz [--epochs 1] [--warmup 20] [--seed 0] [--batch_norm]
-      [--threads N]
+      [--threads N] [--device cpu|cuda]
 
 Runs in the torch venv (benchmarks/compare_torch/run.sh builds it). The model is the library's own
 class; the loop around it is the one both libraries' trainers run (forward, BCE plus the model's
-auxiliary loss, backward, Adam step), fed by indexing tensors built once, so the library's
-DataLoader and progress bar cost nothing here: the reference gets its fastest input path.
+auxiliary loss, backward, Adam step), fed by indexing tensors built once (on the device that
+trains), so the library's DataLoader and progress bar cost nothing here: the reference gets its
+fastest input path.
 """
 import argparse
 import json
@@ -32,7 +33,7 @@ requests.get = _offline  # deepctr_torch asks PyPI for its latest version at imp
 class _DeepCTR:
   """DeepCTR-Torch: feature columns, one float tensor X [N, columns] in the model's column order."""
 
-  def __init__(self, model: str, data: dict, seed: int, batch_norm: bool):
+  def __init__(self, model: str, data: dict, seed: int, batch_norm: bool, device: str):
     from deepctr_torch import models
     from deepctr_torch.inputs import SparseFeat, VarLenSparseFeat
     d, h, t = spec.EMBED_DIM, spec.HPARAMS[model], data["train"][spec.HISTORY].shape[1]
@@ -44,7 +45,7 @@ class _DeepCTR:
                               length_name="hist_len")
     own_table = model in ("autoint", "xdeepfm")  # they count fields by embedding table
     cols = sparse + [seq(spec.HISTORY, spec.HISTORY if own_table else "item_id")]
-    common = dict(dnn_hidden_units=h["hidden"], l2_reg_embedding=0.0, seed=seed, device="cpu")
+    common = dict(dnn_hidden_units=h["hidden"], l2_reg_embedding=0.0, seed=seed, device=device)
     if model == "din":
       self.net = models.DIN(cols, ["item_id"], dnn_use_bn=batch_norm, dnn_activation="prelu",
                             att_hidden_size=h["attention_hidden"], att_activation="Dice",
@@ -72,7 +73,7 @@ class _DeepCTR:
                                 dnn_activation=h["activation"], dnn_use_bn=batch_norm, **common)
     else:
       raise ValueError(f"DeepCTR-Torch has no {model!r}")
-    self.x = {s: self._matrix(data[s]) for s in ("train", "test")}
+    self.x = {s: self._matrix(data[s]).to(device) for s in ("train", "test")}
 
   def _matrix(self, cols: dict) -> torch.Tensor:
     parts = [np.asarray(cols[n], np.float32).reshape(len(cols["label"]), -1)
@@ -90,7 +91,7 @@ class _DeepCTR:
 class _RecHub:
   """torch-rechub: feature objects, a dict of int64 tensors per batch."""
 
-  def __init__(self, model: str, data: dict, seed: int, batch_norm: bool):
+  def __init__(self, model: str, data: dict, seed: int, batch_norm: bool, device: str):
     del batch_norm  # torch-rechub's MLP always has BatchNorm
     from torch_rechub.basic.features import SequenceFeature, SparseFeature
     from torch_rechub.models import ranking
@@ -128,7 +129,8 @@ class _RecHub:
         self.net = ranking.DeepFM(fields, fields, mlp_params=mlp)
       else:
         raise ValueError(f"torch-rechub has no {model!r}")
-    self.x = {s: {n: torch.from_numpy(np.asarray(c, np.int64)) for n, c in data[s].items()
+    self.net.to(device)
+    self.x = {s: {n: torch.from_numpy(np.asarray(c, np.int64)).to(device) for n, c in data[s].items()
                   if n != "label"} for s in ("train", "test")}
 
   def batch(self, split: str, idx: torch.Tensor):
@@ -161,22 +163,25 @@ def main():
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--batch_norm", action="store_true", help="BatchNorm in the DNNs (DeepCTR-Torch)")
   ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+  ap.add_argument("--device", default="cpu", help="torch device that trains: cpu or cuda")
   a = ap.parse_args()
+  sync = torch.cuda.synchronize if a.device.startswith("cuda") else lambda: None
   if a.threads:
     torch.set_num_threads(a.threads)
   data = load(a.data)
-  labels = {s: torch.from_numpy(np.asarray(data[s]["label"], np.float32)) for s in ("train", "test")}
+  labels = {s: torch.from_numpy(np.asarray(data[s]["label"], np.float32)).to(a.device)
+            for s in ("train", "test")}
   n, b = len(labels["train"]), spec.BATCH_SIZE
   steps = a.epochs * (n // b)
 
   t_start = time.perf_counter()
-  lib = (_DeepCTR if a.library == "deepctr" else _RecHub)(a.model, data, a.seed, a.batch_norm)
+  lib = (_DeepCTR if a.library == "deepctr" else _RecHub)(a.model, data, a.seed, a.batch_norm, a.device)
   opt = torch.optim.Adam(lib.net.parameters(), lr=spec.LEARNING_RATE)
   gen = torch.Generator().manual_seed(a.seed)
   lib.net.train()
   step, t_warm = 0, None
   for _ in range(a.epochs):
-    perm = torch.randperm(n, generator=gen)
+    perm = torch.randperm(n, generator=gen).to(a.device)
     for i in range(n // b):
       idx = perm[i * b:(i + 1) * b]
       prob, aux = lib.forward(lib.batch("train", idx))
@@ -186,22 +191,24 @@ def main():
       opt.step()
       step += 1
       if step == a.warmup:
+        sync()
         t_warm = time.perf_counter()
+  sync()
   t_end = time.perf_counter()
 
   lib.net.eval()
   m = len(labels["test"])
   with torch.no_grad():
-    probs = np.concatenate([lib.forward(lib.batch("test", torch.arange(i, min(i + b, m))))[0].numpy()
-                            for i in range(0, m, b)])
-  y = labels["test"].numpy()
+    probs = np.concatenate([lib.forward(lib.batch("test", torch.arange(i, min(i + b, m), device=a.device)))[0]
+                            .cpu().numpy() for i in range(0, m, b)])
+  y = labels["test"].cpu().numpy()
   result = {"library": a.library, "model": a.model, "seed": a.seed, "steps": steps, "warmup": a.warmup,
             "samples_per_s": spec.rates(steps, a.warmup, b, t_start, t_warm, t_end),
             "train_seconds": t_end - t_start, "test_auc": spec.auc(y, probs),
             "test_logloss": spec.logloss(y, probs),
             "parameters": int(sum(p.numel() for p in lib.net.parameters())),
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "torch": torch.__version__, "threads": torch.get_num_threads()}
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "device": a.device}
   print("RESULT " + json.dumps(result), flush=True)
 
 
