@@ -241,6 +241,12 @@ def table_rows(grid: Grid, results: dict[str, list[dict]]) -> list[dict]:
   return rows
 
 
+def _pm(row: dict, metric: str) -> str:
+  """'mean ± std' of a metric, '—' where the dataset has none (GAUC without a user field)."""
+  mean, std = row[f"{metric}_mean"], row[f"{metric}_std"]
+  return "—" if np.isnan(mean) else f"{mean:.4f} ± {std:.4f}"
+
+
 def _markdown(grid: Grid, rows: list[dict], title: str) -> str:
   by_name = {r["variant"]: r for r in rows}
   sections = grid.sections or {"": tuple(by_name)}
@@ -257,8 +263,7 @@ def _markdown(grid: Grid, rows: list[dict], title: str) -> str:
       p = r["p_value"]
       p_text = "—" if np.isnan(p) else f"{p:.3g}{' *' if p < 0.05 else ''}"
       lines.append(
-          f"| {v} | {r['seeds']} | {r['auc_mean']:.4f} ± {r['auc_std']:.4f} | {r['gauc_mean']:.4f} ± "
-          f"{r['gauc_std']:.4f} | {r['logloss_mean']:.4f} ± {r['logloss_std']:.4f} | {r['delta_auc']:+.4f} "
+          f"| {v} | {r['seeds']} | {_pm(r, 'auc')} | {_pm(r, 'gauc')} | {_pm(r, 'logloss')} | {r['delta_auc']:+.4f} "
           f"| {p_text} | {r['rela_impr_pct']:+.2f} % | {r['seconds_per_epoch']:.1f} | "
           f"{r['params_excl_embeddings']:,} | {r['best_epoch_mean']:.1f} |")
     lines.append("")
