@@ -91,3 +91,26 @@ def test_registry_lists_models_and_rejects_typos():
   assert {"lr", "base_model"} <= set(available())
   with pytest.raises(ValueError, match=r"'basemodel' is not a model; available: \["):
     get_model("basemodel")
+
+
+BATCH_NORM_MODELS = sorted(n for n in available() if "batch_norm_momentum" in get_model(n).__dataclass_fields__)
+
+
+@pytest.mark.parametrize("name", BATCH_NORM_MODELS)
+def test_batch_norm_momentum_reaches_every_batch_norm(name):
+  """One training step from the initial running mean 0: it moves by (1 − momentum)·(batch mean), so
+  momentum 0.9 (PyTorch's 0.1) moves every BatchNorm's mean exactly 10× as far as 0.99."""
+  batch, rng = _batch(), jax.random.PRNGKey(0)
+  fields = get_model(name).__dataclass_fields__
+  config = {"batch_norm": True, **({"hidden": (8,)} if fields.get("hidden") and fields["hidden"].default == () else {})}
+  variables = get_model(name)(schema=SCHEMA, **config).init(rng, batch, train=False)
+  means = {}
+  for momentum in (0.99, 0.9):
+    model = get_model(name)(schema=SCHEMA, **config, batch_norm_momentum=momentum)
+    _, updated = model.apply(variables, batch, train=True, mutable=["batch_stats"], rngs={"dropout": rng})
+    flat = jax.tree_util.tree_flatten_with_path(updated["batch_stats"])[0]
+    means[momentum] = {jax.tree_util.keystr(p): np.asarray(v) for p, v in flat
+                       if p[-1].key == "mean" and "statistics" not in jax.tree_util.keystr(p)}  # not Dice's
+  assert means[0.9], f"{name}: no BatchNorm with batch_norm=True"
+  for path, mean in means[0.99].items():
+    np.testing.assert_allclose(means[0.9][path], 10 * mean, rtol=1e-4, atol=1e-7, err_msg=path)

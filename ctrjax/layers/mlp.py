@@ -72,13 +72,14 @@ class MLP(nn.Module):
   batch_norm: bool = False
   output_dim: int | None = None
   kernel_init: nn.initializers.Initializer = nn.initializers.xavier_normal()
+  batch_norm_momentum: float = 0.99    # running-average decay (flax/Keras); PyTorch's momentum 0.1 = 0.9
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     for width in self.hidden:
       x = nn.Dense(width, kernel_init=self.kernel_init)(x)
       if self.batch_norm:
-        x = nn.BatchNorm(use_running_average=not train)(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=self.batch_norm_momentum)(x)
       x = apply_activation(self.activation, x, train)
       if self.dropout:
         x = nn.Dropout(self.dropout, deterministic=not train)(x)

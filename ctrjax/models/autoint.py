@@ -40,6 +40,7 @@ class Model(nn.Module):
   activation: str = "relu"
   dropout: float = 0.0
   batch_norm: bool = False
+  batch_norm_momentum: float = 0.99       # BatchNorm running-average decay (PyTorch's 0.1 = 0.9)
   init_std: float = 0.02
 
   @nn.compact
@@ -56,6 +57,7 @@ class Model(nn.Module):
     logit = nn.Dense(1, kernel_init=nn.initializers.xavier_normal(), name="output")(
         x.reshape(x.shape[0], -1))[:, 0]
     if self.hidden:
-      logit = logit + MLP(self.hidden, self.activation, self.dropout, self.batch_norm, output_dim=1,
+      logit = logit + MLP(self.hidden, self.activation, self.dropout, self.batch_norm,
+                          batch_norm_momentum=self.batch_norm_momentum, output_dim=1,
                           name="mlp")(fields.reshape(fields.shape[0], -1), train)[:, 0]
     return {"logit": logit, "attention": attention}

@@ -21,6 +21,7 @@ class Model(nn.Module):
   activation: str = "prelu"
   dropout: float = 0.0
   batch_norm: bool = False
+  batch_norm_momentum: float = 0.99       # BatchNorm running-average decay (PyTorch's 0.1 = 0.9)
   pooling: str = "sum"          # 'sum' (paper) or 'mean'
   init_std: float = 0.02
   id_dropout: float = 0.0
@@ -31,6 +32,7 @@ class Model(nn.Module):
                            self.id_dropout, name="embedding")(batch, train)
     fields = pooled_fields(emb, batch["behavior"]["mask"] if emb["behavior"] else None, self.pooling)
     x = jnp.concatenate(list(fields.values()), axis=-1)
-    logit = MLP(self.hidden, self.activation, self.dropout, self.batch_norm, output_dim=1,
+    logit = MLP(self.hidden, self.activation, self.dropout, self.batch_norm,
+                batch_norm_momentum=self.batch_norm_momentum, output_dim=1,
                 name="mlp")(x, train)
     return {"logit": logit[:, 0]}

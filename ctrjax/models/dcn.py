@@ -26,6 +26,7 @@ class Model(nn.Module):
   activation: str = "relu"
   dropout: float = 0.0
   batch_norm: bool = False
+  batch_norm_momentum: float = 0.99       # BatchNorm running-average decay (PyTorch's 0.1 = 0.9)
   init_std: float = 0.02
 
   @nn.compact
@@ -39,7 +40,8 @@ class Model(nn.Module):
       x = CrossLayer(name=f"cross{layer}")(x0, x)
     parts = [x]
     if self.hidden:
-      parts.append(MLP(self.hidden, self.activation, self.dropout, self.batch_norm, name="mlp")(x0, train))
+      parts.append(MLP(self.hidden, self.activation, self.dropout, self.batch_norm,
+                       batch_norm_momentum=self.batch_norm_momentum, name="mlp")(x0, train))
     logit = nn.Dense(1, kernel_init=nn.initializers.xavier_normal(), name="output")(
         jnp.concatenate(parts, axis=-1))
     return {"logit": logit[:, 0]}

@@ -35,6 +35,7 @@ class Model(nn.Module):
   activation: str = "relu"
   dropout: float = 0.0
   batch_norm: bool = False
+  batch_norm_momentum: float = 0.99       # BatchNorm running-average decay (PyTorch's 0.1 = 0.9)
   init_std: float = 0.02
 
   def __post_init__(self):
@@ -61,7 +62,8 @@ class Model(nn.Module):
         x = CrossLayerMix(self.low_rank, self.num_experts, name=f"cross{layer}")(x0, x)
 
     def dnn(name, inputs):
-      return MLP(self.hidden, self.activation, self.dropout, self.batch_norm, name=name)(inputs, train)
+      return MLP(self.hidden, self.activation, self.dropout, self.batch_norm,
+                 batch_norm_momentum=self.batch_norm_momentum, name=name)(inputs, train)
 
     stacked = self.structure in ("stacked", "stacked_parallel")
     parts = [dnn("stacked_mlp", x) if stacked else x]

@@ -24,6 +24,7 @@ class Model(nn.Module):
   residual_units: Sequence[int] = (100, 100, 100, 100)   # inner width of each residual unit
   dropout: float = 0.0
   batch_norm: bool = False
+  batch_norm_momentum: float = 0.99       # BatchNorm running-average decay (PyTorch's 0.1 = 0.9)
   init_std: float = 0.02
 
   @nn.compact
@@ -37,6 +38,7 @@ class Model(nn.Module):
       h = nn.relu(nn.Dense(width, kernel_init=xavier, name=f"unit{unit}_in")(x))
       h = nn.Dense(x.shape[-1], kernel_init=xavier, name=f"unit{unit}_out")(h)
       if self.batch_norm:
-        h = nn.BatchNorm(use_running_average=not train, name=f"unit{unit}_bn")(h)
+        h = nn.BatchNorm(use_running_average=not train, momentum=self.batch_norm_momentum,
+                         name=f"unit{unit}_bn")(h)
       x = nn.Dropout(self.dropout, deterministic=not train)(nn.relu(x + h))
     return {"logit": nn.Dense(1, kernel_init=xavier, name="output")(x)[:, 0]}

@@ -21,6 +21,7 @@ class Model(nn.Module):
   activation: str = "prelu"
   dropout: float = 0.0
   batch_norm: bool = False
+  batch_norm_momentum: float = 0.99       # BatchNorm running-average decay (PyTorch's 0.1 = 0.9)
   pooling: str = "sum"
   init_std: float = 0.02
 
@@ -29,6 +30,7 @@ class Model(nn.Module):
     emb = FeatureEmbedding(self.schema, self.embed_dim, nn.initializers.truncated_normal(self.init_std),
                            name="embedding")(batch)
     fields = field_vectors(emb, batch, self.pooling)                                  # [B, F, d]
-    deep = MLP(self.hidden, self.activation, self.dropout, self.batch_norm, output_dim=1, name="mlp")(
+    deep = MLP(self.hidden, self.activation, self.dropout, self.batch_norm,
+               batch_norm_momentum=self.batch_norm_momentum, output_dim=1, name="mlp")(
         fields.reshape(fields.shape[0], -1), train)[:, 0]
     return {"logit": FirstOrder(self.schema, name="first_order")(batch) + fm_pairwise(fields) + deep}

@@ -83,6 +83,7 @@ class Model(nn.Module):
   activation: str = "dice"
   dropout: float = 0.0
   batch_norm: bool = False
+  batch_norm_momentum: float = 0.99       # BatchNorm running-average decay (PyTorch's 0.1 = 0.9)
   aux_loss_alpha: float = 1.0             # 0 switches the auxiliary loss off
   aux_hidden: Sequence[int] = (100, 50)
   aux_activation: str = "sigmoid"
@@ -120,7 +121,8 @@ class Model(nn.Module):
       pooled = masked_sum(behaviors, mask, axis=1)
       parts += [pooled, target * pooled]
     parts += [evolved, *emb["context"].values()]
-    logit = MLP(self.hidden, self.activation, self.dropout, self.batch_norm, output_dim=1,
+    logit = MLP(self.hidden, self.activation, self.dropout, self.batch_norm,
+                batch_norm_momentum=self.batch_norm_momentum, output_dim=1,
                 name="mlp")(jnp.concatenate(parts, axis=-1), train)
     out["logit"] = logit[:, 0]
     if self.aux_loss_alpha > 0:

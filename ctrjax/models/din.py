@@ -33,6 +33,7 @@ class Model(nn.Module):
   scale_by_sqrt_d: bool = False
   dropout: float = 0.0
   batch_norm: bool = False
+  batch_norm_momentum: float = 0.99       # BatchNorm running-average decay (PyTorch's 0.1 = 0.9)
   init_std: float = 0.02
   id_dropout: float = 0.0
 
@@ -52,6 +53,7 @@ class Model(nn.Module):
         self.attention_weighting, self.scale_by_sqrt_d, name="attention")(
             query, keys, batch["behavior"]["mask"], train)
     parts = [*emb["user"].values(), *emb["item"].values(), interest, *emb["context"].values()]
-    logit = MLP(self.hidden, self.activation, self.dropout, self.batch_norm, output_dim=1,
+    logit = MLP(self.hidden, self.activation, self.dropout, self.batch_norm,
+                batch_norm_momentum=self.batch_norm_momentum, output_dim=1,
                 name="mlp")(jnp.concatenate(parts, axis=-1), train)
     return {"logit": logit[:, 0], "attention": {"din": weights}}

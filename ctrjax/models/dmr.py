@@ -87,6 +87,7 @@ class Model(nn.Module):
   activation: str = "prelu"
   dropout: float = 0.0
   batch_norm: bool = False
+  batch_norm_momentum: float = 0.99       # BatchNorm running-average decay (PyTorch's 0.1 = 0.9)
   init_std: float = 0.02
 
   def __post_init__(self):
@@ -143,7 +144,8 @@ class Model(nn.Module):
       pooled = masked_sum(behaviors, mask, axis=1)
       parts += [pooled, candidate * pooled]
     parts += [interest, u2i_relevance[:, None], i2i_relevance[:, None]]
-    logit = MLP(self.hidden, self.activation, self.dropout, self.batch_norm, output_dim=1,
+    logit = MLP(self.hidden, self.activation, self.dropout, self.batch_norm,
+                batch_norm_momentum=self.batch_norm_momentum, output_dim=1,
                 name="mlp")(jnp.concatenate(parts, axis=-1), train)
     out = {"logit": logit[:, 0], "attention": {"item_to_item": alpha}}
     if train and self.aux_loss_weight > 0:

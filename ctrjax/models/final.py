@@ -16,7 +16,7 @@ probability with the gradient stopped (official ``add_loss``: weight 1 each, no 
 The train step adds it to the main BCE. block_loss_weight=0 turns them off (what other libraries
 silently do); '1B' has one block, logit = y₁ and no block loss.
 Uncertainty: the SIGIR short paper is not in ../shared; equations and weights follow the official
-code. BatchNorm uses Flax defaults (momentum 0.99, as the repo's MLP; PyTorch's 0.1 = Flax 0.9).
+code. BatchNorm momentum 0.99 by default (batch_norm_momentum; as the repo's MLP; PyTorch's 0.1 = 0.9).
 """
 from typing import Sequence
 
@@ -49,13 +49,14 @@ class FinalBlock(nn.Module):
   activation: str = "identity"
   dropout: float = 0.0
   batch_norm: bool = True
+  batch_norm_momentum: float = 0.99       # BatchNorm running-average decay (PyTorch's 0.1 = 0.9)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     for width in self.hidden:
       x = FactorizedInteraction(width, self.residual_type)(x)
       if self.batch_norm:
-        x = nn.BatchNorm(use_running_average=not train)(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=self.batch_norm_momentum)(x)
       x = apply_activation(self.activation, x, train)
       x = nn.Dropout(self.dropout, deterministic=not train)(x)
     return nn.Dense(1, kernel_init=nn.initializers.xavier_normal(), name="output")(x)[:, 0]
@@ -73,6 +74,7 @@ class Model(nn.Module):
   activation: str = "identity"
   dropout: float = 0.0
   batch_norm: bool = True
+  batch_norm_momentum: float = 0.99       # BatchNorm running-average decay (PyTorch's 0.1 = 0.9)
   block_loss_weight: float = 1.0     # 0 = no block losses
   init_std: float = 0.02
 
@@ -87,7 +89,7 @@ class Model(nn.Module):
 
     def block(name, hidden, x):
       return FinalBlock(hidden, self.residual_type, self.activation, self.dropout, self.batch_norm,
-                        name=name)(x.reshape(x.shape[0], -1), train)
+                        self.batch_norm_momentum, name=name)(x.reshape(x.shape[0], -1), train)
 
     y1 = block("block1", self.block1_hidden, gated)
     if self.block_type == "1B":

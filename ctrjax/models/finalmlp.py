@@ -31,6 +31,7 @@ class Model(nn.Module):
   activation: str = "relu"
   dropout: float = 0.0
   batch_norm: bool = False
+  batch_norm_momentum: float = 0.99       # BatchNorm running-average decay (PyTorch's 0.1 = 0.9)
   feature_selection: bool = True
   fs_hidden: Sequence[int] = (1024, 512)
   fs1_context: Sequence[str] = ()
@@ -48,7 +49,8 @@ class Model(nn.Module):
     for k, (hidden, context) in enumerate(((self.mlp1_hidden, self.fs1_context),
                                            (self.mlp2_hidden, self.fs2_context)), start=1):
       stream_input = self._select(f"fs{k}", fields, context, x) if self.feature_selection else x
-      streams.append(MLP(hidden, self.activation, self.dropout, self.batch_norm, name=f"mlp{k}")(
+      streams.append(MLP(hidden, self.activation, self.dropout, self.batch_norm,
+                         batch_norm_momentum=self.batch_norm_momentum, name=f"mlp{k}")(
           stream_input, train))
     return {"logit": InteractionAggregation(self.num_heads, name="fusion")(*streams)}
 

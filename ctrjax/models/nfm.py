@@ -23,6 +23,7 @@ class Model(nn.Module):
   activation: str = "relu"
   dropout: float = 0.0
   batch_norm: bool = False
+  batch_norm_momentum: float = 0.99       # BatchNorm running-average decay (PyTorch's 0.1 = 0.9)
   init_std: float = 0.02
 
   @nn.compact
@@ -31,6 +32,7 @@ class Model(nn.Module):
                            name="embedding")(batch)
     pooled = nn.Dropout(self.dropout, deterministic=not train)(
         bi_interaction(field_vectors(emb, batch, self.pooling)))
-    deep = MLP(self.hidden, self.activation, self.dropout, self.batch_norm, output_dim=1,
+    deep = MLP(self.hidden, self.activation, self.dropout, self.batch_norm,
+               batch_norm_momentum=self.batch_norm_momentum, output_dim=1,
                name="mlp")(pooled, train)[:, 0]
     return {"logit": FirstOrder(self.schema, name="first_order")(batch) + deep}

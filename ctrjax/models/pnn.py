@@ -20,6 +20,7 @@ class Model(nn.Module):
   activation: str = "prelu"
   dropout: float = 0.0
   batch_norm: bool = False
+  batch_norm_momentum: float = 0.99       # BatchNorm running-average decay (PyTorch's 0.1 = 0.9)
   pooling: str = "sum"
   init_std: float = 0.02
 
@@ -29,6 +30,7 @@ class Model(nn.Module):
                            name="embedding")(batch)
     fields = field_vectors(emb, batch, self.pooling)                                  # [B, F, d]
     x = jnp.concatenate([fields.reshape(fields.shape[0], -1), inner_products(fields)], axis=-1)
-    logit = MLP(self.hidden, self.activation, self.dropout, self.batch_norm, output_dim=1,
+    logit = MLP(self.hidden, self.activation, self.dropout, self.batch_norm,
+                batch_norm_momentum=self.batch_norm_momentum, output_dim=1,
                 name="mlp")(x, train)
     return {"logit": logit[:, 0]}

@@ -32,6 +32,7 @@ class Model(nn.Module):
   activation: str = "prelu"
   dropout: float = 0.0
   batch_norm: bool = False
+  batch_norm_momentum: float = 0.99       # BatchNorm running-average decay (PyTorch's 0.1 = 0.9)
   pooling: str = "sum"          # behaviour fields in the deep part: 'sum' (BaseModel) or 'mean'
   init_std: float = 0.02
   wide_cross: Sequence[str] = ("item_id", "hist_item_id")
@@ -50,7 +51,8 @@ class Model(nn.Module):
     emb = FeatureEmbedding(self.schema, self.embed_dim, nn.initializers.truncated_normal(self.init_std),
                            name="embedding")(batch)
     mask = batch["behavior"]["mask"] if emb["behavior"] else None
-    deep = MLP(self.hidden, self.activation, self.dropout, self.batch_norm, output_dim=1, name="mlp")(
+    deep = MLP(self.hidden, self.activation, self.dropout, self.batch_norm,
+               batch_norm_momentum=self.batch_norm_momentum, output_dim=1, name="mlp")(
         jnp.concatenate(list(pooled_fields(emb, mask, self.pooling).values()), axis=-1), train)[:, 0]
     wide = FirstOrder(self.schema, name="wide")(batch)
     if self.wide_cross:

@@ -30,6 +30,7 @@ class Model(nn.Module):
   activation: str = "relu"
   dropout: float = 0.0
   batch_norm: bool = False
+  batch_norm_momentum: float = 0.99       # BatchNorm running-average decay (PyTorch's 0.1 = 0.9)
   init_std: float = 0.02
 
   @nn.compact
@@ -42,6 +43,7 @@ class Model(nn.Module):
     if self.first_order:
       logit = logit + FirstOrder(self.schema, name="first_order")(batch)
     if self.hidden:
-      logit = logit + MLP(self.hidden, self.activation, self.dropout, self.batch_norm, output_dim=1,
+      logit = logit + MLP(self.hidden, self.activation, self.dropout, self.batch_norm,
+                          batch_norm_momentum=self.batch_norm_momentum, output_dim=1,
                           name="mlp")(fields.reshape(fields.shape[0], -1), train)[:, 0]
     return {"logit": logit}
