@@ -19,8 +19,8 @@ variant "causal" is the full FESeq (configs/feseq.py), which is causal; "non_cau
   Fig. 4   embed_8, embed_24, embed_32 (16 = causal).
   Table 3  sasrec, tisasrec, dmr on the same data (configs/sasrec.py, tisasrec.py, dmr.py).
 attention.png: the pooling weights of "causal" over the 10 behaviour slots and the target for 14
-test samples (the paper's Figures 7-8). The interacting layer's field-pair attention (Figures 5-6) is
-out["attention"]["interaction"] [B, F, F] (fields: ctrjax.models.feseq.Model.interaction_fields()).
+test samples (the paper's Figures 7-8). The interacting layer's field-pair attention (Figures 5-6):
+  python -m experiments.field_attention workdirs/ablation_feseq/causal/seed0 results/ablation_feseq/ml-100k/interaction_attention.png
 """
 import ml_collections
 

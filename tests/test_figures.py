@@ -1,6 +1,6 @@
-"""The paper-figure scripts on real trained runs: AutoInt's Figure 7 (experiments/autoint_attention.py)
-and DIN's Figure 5 (experiments/din_attention.py), each from a 1-epoch run on the bundled
-ml-latest-small."""
+"""The paper-figure scripts on real trained runs: field-pair attention (experiments/field_attention.py:
+AutoInt's Figure 7, FESeq's Figures 5-6) and DIN's Figure 5 (experiments/din_attention.py), each from
+a 1-epoch run on the bundled ml-latest-small."""
 import pathlib
 
 import chex
@@ -9,9 +9,10 @@ import pytest
 
 from configs import autoint as autoint_config
 from configs import din as din_config
+from configs import feseq as feseq_config
 from ctrjax.layers.interaction import field_names
 from ctrjax.train import trainer
-from experiments import autoint_attention, din_attention
+from experiments import din_attention, field_attention
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -32,7 +33,7 @@ def autoint_run(tmp_path_factory):
 
 
 def test_autoint_figure_maps_are_attention_rows_over_the_test_set(autoint_run, tmp_path):
-  sample, mean, names, row = autoint_attention.attention_maps(autoint_run, layer=1)
+  sample, mean, names, row = field_attention.attention_maps(autoint_run, layer=1)
   setup, _, _ = trainer.load_best(autoint_run)
   fields = len(field_names(setup.dataset.schema))
   assert names == field_names(setup.dataset.schema)
@@ -41,13 +42,23 @@ def test_autoint_figure_maps_are_attention_rows_over_the_test_set(autoint_run, t
   np.testing.assert_allclose(mean.sum(-1), 1.0, atol=1e-5)
   assert setup.dataset.columns["test"][setup.dataset.schema.label.name][row] == 1
   assert not np.allclose(sample, mean)              # one sample is not the average
-  png = autoint_attention.figure(autoint_run, tmp_path / "fig7.png")
+  png = field_attention.figure(autoint_run, tmp_path / "fig7.png")
   assert png.read_bytes()[:8] == PNG
 
 
-def test_din_figure_draws_and_the_autoint_figure_refuses_a_din_run(tmp_path):
+def test_feseq_figure_maps_its_interaction_fields(tmp_path):
+  run = _train(feseq_config.get_config(), tmp_path / "feseq")
+  sample, mean, names, _ = field_attention.attention_maps(run)
+  setup, _, _ = trainer.load_best(run)
+  assert names == setup.model.interaction_fields() and len(names) > 2
+  chex.assert_shape((sample, mean), ((len(names), len(names)),) * 2)
+  np.testing.assert_allclose(mean.sum(-1), 1.0, atol=1e-5)
+  assert field_attention.figure(run, tmp_path / "fig5.png").read_bytes()[:8] == PNG
+
+
+def test_din_figure_draws_and_the_field_figure_refuses_a_din_run(tmp_path):
   run = _train(din_config.get_config(), tmp_path / "din")
-  with pytest.raises(ValueError, match="model 'din', expected 'autoint'"):
-    autoint_attention.attention_maps(run)
+  with pytest.raises(ValueError, match=r"model 'din', expected one of \('autoint', 'feseq'\)"):
+    field_attention.attention_maps(run)
   png = din_attention.figure(run, tmp_path / "fig5.png")
   assert png.read_bytes()[:8] == PNG

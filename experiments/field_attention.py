@@ -1,10 +1,13 @@
-"""The AutoInt paper's Figure 7: field-pair attention of the first interacting layer, for one test
-sample and averaged over the test set (heads averaged), from a trained AutoInt run's best checkpoint.
+"""Field-pair attention heat maps: AutoInt's Figure 7 and FESeq's Figures 5-6. For one test sample
+and averaged over the test set, from a trained run's best checkpoint.
 
-  python -m experiments.autoint_attention workdirs/ablation_autoint/autoint/seed0 results/ablation_autoint/criteo/autoint_attention.png
+  python -m experiments.field_attention workdirs/ablation_autoint/autoint/seed0 results/ablation_autoint/criteo/autoint_attention.png
+  python -m experiments.field_attention workdirs/ablation_feseq/causal/seed0 results/ablation_feseq/ml-100k/interaction_attention.png
 
 Row m, column k is α_{m,k}: how much field m attends to field k when it builds its new
-representation (rows sum to 1). The sample is the test set's first positive row.
+representation (rows sum to 1), heads averaged. AutoInt: interacting layer ``layer`` (0 = first).
+FESeq: its last input interacting layer at the target token (the model returns only that one).
+The sample is the test set's first positive row.
 """
 from __future__ import annotations
 
@@ -21,24 +24,34 @@ import matplotlib.pyplot as plt  # noqa: E402
 from ctrjax.layers.interaction import field_names  # noqa: E402
 from ctrjax.train import trainer  # noqa: E402
 
+MODELS = ("autoint", "feseq")
+
+
+def _pair_attention(model_name: str, out: dict, layer: int):
+  """[B, F, F] head-mean field-pair attention of one model output."""
+  if model_name == "autoint":
+    return jax.numpy.mean(out["attention"][f"layer{layer}"], axis=1)
+  return out["attention"]["interaction"]
+
 
 def attention_maps(workdir: str | pathlib.Path, layer: int = 0):
   """(one test sample's [F, F] map, the test-set mean [F, F], field names, the sample's row)."""
   setup, state, _ = trainer.load_best(workdir)
-  if setup.config.model_name != "autoint":
-    raise ValueError(f"{workdir}: model {setup.config.model_name!r}, expected 'autoint'")
+  name = setup.config.model_name
+  if name not in MODELS:
+    raise ValueError(f"{workdir}: model {name!r}, expected one of {MODELS}")
   variables = {"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
 
   @jax.jit
-  def head_mean(packed):
-    out = state.apply_fn(variables, setup.layout.unpack(packed), train=False)
-    return jax.numpy.mean(out["attention"][f"layer{layer}"], axis=1)                # [B, F, F]
+  def maps_of(packed):
+    return _pair_attention(name, state.apply_fn(variables, setup.layout.unpack(packed), train=False), layer)
 
   source = setup.source("test", train=False)
-  maps = np.concatenate([np.asarray(head_mean(b)) for b in setup.batches(source)])[:source.num_rows]
+  maps = np.concatenate([np.asarray(maps_of(b)) for b in setup.batches(source)])[:source.num_rows]
   labels = np.asarray(setup.dataset.columns["test"][setup.dataset.schema.label.name])
   row = int(np.flatnonzero(labels == 1)[0]) if labels.any() else 0
-  return maps[row], maps.mean(axis=0), field_names(setup.dataset.schema), row
+  names = field_names(setup.dataset.schema) if name == "autoint" else setup.model.interaction_fields()
+  return maps[row], maps.mean(axis=0), names, row
 
 
 def figure(workdir, out_path, layer: int = 0) -> pathlib.Path:
@@ -52,7 +65,7 @@ def figure(workdir, out_path, layer: int = 0) -> pathlib.Path:
     ax.set_yticks(range(len(names)), names, fontsize=7)
     ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.046)
-  fig.suptitle(f"AutoInt field-pair attention, layer {layer} (heads averaged): {workdir}", fontsize=10)
+  fig.suptitle(f"field-pair attention (heads averaged): {workdir}", fontsize=10)
   fig.tight_layout()
   out_path = pathlib.Path(out_path)
   out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,5 +77,5 @@ def figure(workdir, out_path, layer: int = 0) -> pathlib.Path:
 
 if __name__ == "__main__":
   if len(sys.argv) != 3:
-    sys.exit("usage: python -m experiments.autoint_attention WORKDIR OUT.png")
+    sys.exit("usage: python -m experiments.field_attention WORKDIR OUT.png")
   figure(sys.argv[1], sys.argv[2])
