@@ -10,6 +10,8 @@ Sections (the paper's tables and figures):
   Table 2: LR, FM, AFM, DeepCrossing, NFM, CrossNet, CIN, HOFM, AutoInt — models without a joint DNN
     (DeepCrossing and NFM are DNN-based by design);
   Table 5: Wide&Deep, DeepFM, DCN, xDeepFM, AutoInt+ — the same families with a joint DNN 400-400 ReLU;
+  Newer models: DCNv2 (full-rank parallel and stacked, low-rank mixture), IPNN, FinalMLP (two 400-400
+    streams with feature selection), FINAL (2 blocks with their block losses);
   Table 4: AutoInt with and without residual connections;
   Figure 5: 0-4 interacting layers; Figure 6: embedding size 8, 16, 24, 32.
 Every field of a Criteo row is one of the M = 39 fields (13 numeric, value × vector, AutoInt §4.3;
@@ -63,6 +65,18 @@ VARIANTS = {
     "xdeepfm": _m("xdeepfm", pooling="mean", cin_layers=(200, 200, 200), split_half=True,
                   cin_activation="identity", first_order=True, dropout=0.0, batch_norm=False, **DEEP),
     "autoint_plus": _autoint(hidden=(400, 400)),
+    # Newer zoo models, the same joint DNN where they have one (not in the paper).
+    "dcnv2": _m("dcnv2", pooling="mean", num_cross_layers=3, cross_type="full", structure="parallel",
+                dropout=0.0, batch_norm=False, **DEEP),
+    "dcnv2_stacked": _m("dcnv2", pooling="mean", num_cross_layers=3, cross_type="full", structure="stacked",
+                        dropout=0.0, batch_norm=False, **DEEP),
+    "dcnv2_mixture": _m("dcnv2", pooling="mean", num_cross_layers=3, cross_type="low_rank_mixture",
+                        low_rank=32, num_experts=4, structure="parallel", dropout=0.0, batch_norm=False,
+                        **DEEP),
+    "ipnn": _m("pnn", pooling="mean", dropout=0.0, batch_norm=False, **DEEP),
+    "finalmlp": _m("finalmlp", pooling="mean", mlp1_hidden=(400, 400), mlp2_hidden=(400, 400),
+                   fs_hidden=(400,), dropout=0.0, batch_norm=False),
+    "final": _m("final", pooling="mean"),
     # Table 4, Figures 5-6.
     "autoint_no_residual": _autoint(residual=False),
     **{f"autoint_layers{k}": _autoint(num_layers=k) for k in (0, 1, 2, 4)},
@@ -70,6 +84,7 @@ VARIANTS = {
 }
 TABLE2 = ("lr", "fm", "afm", "deep_crossing", "nfm", "crossnet", "cin", "hofm", "autoint")
 TABLE5 = ("wide_deep", "deepfm", "dcn", "xdeepfm", "autoint_plus")
+NEWER = ("dcnv2", "dcnv2_stacked", "dcnv2_mixture", "ipnn", "finalmlp", "final")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -92,6 +107,7 @@ def get_grid(arg: str | None = None) -> Grid:
       reference="autoint",
       sections={"Table 2: without a joint DNN": TABLE2,
                 "Table 5: with a joint DNN": TABLE5,
+                "Newer models (not in the paper)": NEWER,
                 "Table 4: residual connections": ("autoint", "autoint_no_residual"),
                 "Figure 5: interacting layers": ("autoint_layers0", "autoint_layers1", "autoint_layers2",
                                                  "autoint", "autoint_layers4"),
