@@ -11,7 +11,8 @@ Sections (the paper's tables and figures):
     (DeepCrossing and NFM are DNN-based by design);
   Table 5: Wide&Deep, DeepFM, DCN, xDeepFM, AutoInt+ — the same families with a joint DNN 400-400 ReLU;
   Newer models: DCNv2 (full-rank parallel and stacked, low-rank mixture), IPNN, FinalMLP (two 400-400
-    streams with feature selection), FINAL (2 blocks with their block losses);
+    streams with feature selection), FINAL (2 blocks with their block losses; its BatchNorm with flax's
+    0.99 running-average decay and with torch's, 0.9);
   Table 4: AutoInt with and without residual connections;
   Figure 5: 0-4 interacting layers; Figure 6: embedding size 8, 16, 24, 32.
 Every field of a Criteo row is one of the M = 39 fields (13 numeric, value × vector, AutoInt §4.3;
@@ -77,6 +78,7 @@ VARIANTS = {
     "finalmlp": _m("finalmlp", pooling="mean", mlp1_hidden=(400, 400), mlp2_hidden=(400, 400),
                    fs_hidden=(400,), dropout=0.0, batch_norm=False),
     "final": _m("final", pooling="mean"),
+    "final_bn09": _m("final", pooling="mean", batch_norm_momentum=0.9),   # BatchNorm averages as torch's
     # Table 4, Figures 5-6.
     "autoint_no_residual": _autoint(residual=False),
     **{f"autoint_layers{k}": _autoint(num_layers=k) for k in (0, 1, 2, 4)},
@@ -84,7 +86,7 @@ VARIANTS = {
 }
 TABLE2 = ("lr", "fm", "afm", "deep_crossing", "nfm", "crossnet", "cin", "hofm", "autoint")
 TABLE5 = ("wide_deep", "deepfm", "dcn", "xdeepfm", "autoint_plus")
-NEWER = ("dcnv2", "dcnv2_stacked", "dcnv2_mixture", "ipnn", "finalmlp", "final")
+NEWER = ("dcnv2", "dcnv2_stacked", "dcnv2_mixture", "ipnn", "finalmlp", "final", "final_bn09")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
