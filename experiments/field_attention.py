@@ -5,7 +5,8 @@ and averaged over the test set, from a trained run's best checkpoint.
   python -m experiments.field_attention workdirs/ablation_feseq/causal/seed0 results/ablation_feseq/ml-100k/interaction_attention.png
 
 Row m, column k is α_{m,k}: how much field m attends to field k when it builds its new
-representation (rows sum to 1), heads averaged. AutoInt: interacting layer ``layer`` (0 = first).
+representation (rows sum to 1), heads averaged. Colours span each map's own range (1/F everywhere
+would be uniform), and with at most 12 fields every cell is labelled with its weight. AutoInt: interacting layer ``layer`` (0 = first).
 FESeq: its last input interacting layer at the target token (the model returns only that one).
 The sample is the test set's first positive row.
 """
@@ -60,7 +61,11 @@ def figure(workdir, out_path, layer: int = 0) -> pathlib.Path:
   fig, axes = plt.subplots(1, 2, figsize=(2 * size + 1, size))
   for ax, weights, title in ((axes[0], sample, f"test row {row} (label 1)"),
                              (axes[1], mean, "mean over the test set")):
-    im = ax.imshow(weights, cmap="Blues", vmin=0.0)
+    im = ax.imshow(weights, cmap="Blues")        # the map's own range: near-uniform maps still show
+    if len(names) <= 12:
+      for (m, k), w in np.ndenumerate(weights):
+        ax.text(k, m, f"{w:.2f}", ha="center", va="center", fontsize=7,
+                color="white" if w > weights.min() + 0.6 * np.ptp(weights) else "black")
     ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
     ax.set_yticks(range(len(names)), names, fontsize=7)
     ax.set_title(title, fontsize=10)
