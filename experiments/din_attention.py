@@ -14,14 +14,12 @@ import pathlib
 import sys
 
 import jax
-import matplotlib
 import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from ctrjax.data import loader  # noqa: E402
-from ctrjax.train import trainer  # noqa: E402
+from ctrjax.data import loader
+from ctrjax.train import step as step_lib
+from ctrjax.train import trainer
+from experiments.plotting import plt, save_figure
 
 
 def _vocab(dataset_path: pathlib.Path, table: str) -> list[str]:
@@ -54,7 +52,7 @@ def figure(workdir: str | pathlib.Path, out_path: str | pathlib.Path, num_candid
     for name, values in batch.get(group, {}).items():
       batch[group][name] = np.repeat(values[:1], len(rows), axis=0)
   unpacked = jax.jit(setup.layout.unpack)(setup.pack(batch))   # unsharded: 6 rows need not divide the devices
-  variables = {"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
+  variables = step_lib.model_variables(state, state.params)
   out = state.apply_fn(variables, unpacked, train=False)
   weights = np.asarray(jax.device_get(out["attention"]["din"]))
   probs = np.asarray(jax.nn.sigmoid(out["logit"]))
@@ -76,10 +74,7 @@ def figure(workdir: str | pathlib.Path, out_path: str | pathlib.Path, num_candid
   ax.set_title(f"DIN activation weights ({pathlib.Path(workdir)}, test user {int(ds.columns[split]['user'][rows[0]])})",
                fontsize=10)
   fig.tight_layout()
-  out_path = pathlib.Path(out_path)
-  out_path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(out_path, dpi=120)
-  plt.close(fig)
+  out_path = save_figure(fig, out_path)
   print(f"wrote {out_path}")
   return out_path
 

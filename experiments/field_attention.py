@@ -6,8 +6,9 @@ and averaged over the test set, from a trained run's best checkpoint.
 
 Row m, column k is α_{m,k}: how much field m attends to field k when it builds its new
 representation (rows sum to 1), heads averaged. Colours span each map's own range (1/F everywhere
-would be uniform), and with at most 12 fields every cell is labelled with its weight. AutoInt: interacting layer ``layer`` (0 = first).
-FESeq: its last input interacting layer at the target token (the model returns only that one).
+would be uniform), and with at most 12 fields every cell is labelled with its weight.
+AutoInt: interacting layer ``layer`` (0 = first). FESeq: its last input interacting layer at the
+target token (the model returns only that one).
 The sample is the test set's first positive row.
 """
 from __future__ import annotations
@@ -16,14 +17,12 @@ import pathlib
 import sys
 
 import jax
-import matplotlib
 import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from ctrjax.layers.interaction import field_names  # noqa: E402
-from ctrjax.train import trainer  # noqa: E402
+from ctrjax.layers.interaction import field_names
+from ctrjax.train import step as step_lib
+from ctrjax.train import trainer
+from experiments.plotting import plt, save_figure
 
 MODELS = ("autoint", "feseq")
 
@@ -41,7 +40,7 @@ def attention_maps(workdir: str | pathlib.Path, layer: int = 0):
   name = setup.config.model_name
   if name not in MODELS:
     raise ValueError(f"{workdir}: model {name!r}, expected one of {MODELS}")
-  variables = {"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
+  variables = step_lib.model_variables(state, state.params)
 
   @jax.jit
   def maps_of(packed):
@@ -72,10 +71,7 @@ def figure(workdir, out_path, layer: int = 0) -> pathlib.Path:
     fig.colorbar(im, ax=ax, fraction=0.046)
   fig.suptitle(f"field-pair attention (heads averaged): {workdir}", fontsize=10)
   fig.tight_layout()
-  out_path = pathlib.Path(out_path)
-  out_path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(out_path, dpi=120)
-  plt.close(fig)
+  out_path = save_figure(fig, out_path)
   print(f"wrote {out_path}")
   return out_path
 

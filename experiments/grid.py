@@ -29,13 +29,11 @@ import pathlib
 import time
 from typing import Any, Callable, NamedTuple
 
-import matplotlib
 import ml_collections
 import numpy as np
 from scipy import stats
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from experiments.plotting import plt, save_figure
 
 METRICS = ("auc", "gauc", "logloss")
 
@@ -308,8 +306,7 @@ def _plot_bars(grid: Grid, rows: list[dict], path: pathlib.Path, title: str):
     ax.grid(axis="y", alpha=0.3)
   fig.suptitle(f"{title}: mean ± std over {len(grid.seeds)} seeds (orange: {grid.reference})")
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  save_figure(fig, path)
 
 
 def _plot_curves(grid: Grid, results: dict[str, list[dict]], path: pathlib.Path, title: str):
@@ -331,21 +328,20 @@ def _plot_curves(grid: Grid, results: dict[str, list[dict]], path: pathlib.Path,
     ax.legend()
   fig.suptitle(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  save_figure(fig, path)
 
 
 def attention_weights(workdir: pathlib.Path, key: str, num_samples: int = 14, seed: int = 0):
   """The best checkpoint's ``attention[key]`` weights for ``num_samples`` random test rows."""
   import jax
   from ctrjax.data import loader
+  from ctrjax.train import step as step_lib
   from ctrjax.train import trainer
   setup, state, _ = trainer.load_best(workdir)
   rows = np.sort(np.random.default_rng(seed).choice(setup.dataset.num_rows("test"), num_samples, replace=False))
   batch = setup.layout.unpack(setup.layout.pack(
       loader.gather(setup.dataset, "test", rows, np.ones(num_samples, np.float32))))
-  variables = {"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
-  out = state.apply_fn(variables, batch, train=False)
+  out = state.apply_fn(step_lib.model_variables(state, state.params), batch, train=False)
   if key not in out.get("attention", {}):
     raise KeyError(f"{workdir}: the model returns no attention[{key!r}] "
                    f"(has {sorted(out.get('attention', {}))})")
@@ -365,5 +361,4 @@ def _plot_attention(workdir, key, labels, path, title):
   fig.colorbar(im, ax=ax, label="attention weight")
   ax.set_title(title, fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  save_figure(fig, path)

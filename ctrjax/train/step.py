@@ -75,7 +75,8 @@ def weighted_bce(logit: jax.Array, label: jax.Array, weight: jax.Array) -> jax.A
   return jnp.sum(per_row * weight) / jnp.maximum(jnp.sum(weight), 1.0)
 
 
-def _variables(state: TrainState, params) -> dict:
+def model_variables(state: TrainState, params) -> dict:
+  """The variables ``state.apply_fn`` takes: ``params`` and, if the model has any, its batch stats."""
   return {"params": params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
 
 
@@ -99,7 +100,7 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array,
   rng = jax.random.fold_in(rng, state.step)
 
   def loss_fn(params):
-    out, updates = state.apply_fn(_variables(state, params), batch, train=True,
+    out, updates = state.apply_fn(model_variables(state, params), batch, train=True,
                                   rngs={"dropout": rng}, mutable=["batch_stats"])
     penalty = (regularizer.penalty(params["embedding"], batch, state.row_weights)
                if regularizer is not None else jnp.zeros(()))
@@ -121,7 +122,7 @@ def lazy_train_step(state: TrainState, batch: dict, rng: jax.Array,
   compact = embeddings.compact(batch)
 
   def loss_fn(dense, rows):
-    out, updates = embeddings.apply(_variables(state, embeddings.merge(dense, rows)), batch, compact,
+    out, updates = embeddings.apply(model_variables(state, embeddings.merge(dense, rows)), batch, compact,
                                     train=True, rngs={"dropout": rng}, mutable=["batch_stats"])
     penalty = embeddings.penalty(rows, compact, regularizer, state.row_weights)
     return _objective(out, batch, penalty, updates)
@@ -142,7 +143,7 @@ def lazy_train_step(state: TrainState, batch: dict, rng: jax.Array,
 
 
 def predict_step(state: TrainState, batch: dict) -> jax.Array:
-  out = state.apply_fn(_variables(state, state.params), batch, train=False)
+  out = state.apply_fn(model_variables(state, state.params), batch, train=False)
   return jax.nn.sigmoid(out["logit"])
 
 
