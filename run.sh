@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # ctrjax entry point.
 #   ./run.sh CONFIG[:ARG] [--config.key=value ...]   run an experiment (or a grid) defined by a config file
+#   ./run.sh report GRID_CONFIG[:ARG]                a grid's tables and figures from the runs finished so far
 #   ./run.sh eval WORKDIR                            reload the best checkpoint of WORKDIR, re-evaluate test
 #   ./run.sh test [pytest args]                      run the test suite
 # On first use it creates .venv with Python >= 3.12 and installs the pinned dependencies.
@@ -51,13 +52,17 @@ export PYTHONUNBUFFERED=1
 
 case "${1:-}" in
   "" | -h | --help)
-    sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   test)
     shift
     exec "$PY" -m pytest "$@" ;;
   eval)
     shift
     exec "$PY" -m ctrjax.main eval "$@" ;;
+  report)
+    shift
+    cfg="${1:?usage: ./run.sh report GRID_CONFIG[:ARG] [--config.key=value ...]}"; shift
+    exec "$PY" -m ctrjax.main report --config="$cfg" "$@" ;;
   *)
     cfg="$1"; shift
     exec "$PY" -m ctrjax.main run --config="$cfg" "$@" ;;

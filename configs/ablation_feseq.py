@@ -3,6 +3,7 @@ every variant x seed, then tables and figures.
 
   ./run.sh configs/ablation_feseq.py:quick                       # 2 seeds, 1 epoch: a smoke run
   ./run.sh configs/ablation_feseq.py                             # ml-100k, 5 seeds, early stopping
+  ./run.sh configs/ablation_feseq.py:short                       # 3 seeds, at most 3 epochs (CPU)
   ./run.sh configs/ablation_feseq.py:dataset=ml-latest-small
 
 Runs land in workdirs/ablation_feseq[_ARG]/<variant>/seed<k> (finished runs are skipped, interrupted
@@ -49,13 +50,13 @@ VARIANTS = {
     "dot_score": {"model.pooling_score": "dot"},
     "din_score": {"model.pooling_score": "din"},
     "no_scale": {"model.pooling_scale": False},
-    **{f"depth_{m}{n}": {"model.interaction_layers": m, "model.target_interaction_layers": n}
-       for m, n in DEPTHS},
-    **{f"embed_{d}": {"model.embed_dim": d} for d in (8, 24, 32)},
     "sasrec": _baseline(sasrec),
     "tisasrec": _baseline(tisasrec),
     "dmr": _baseline(dmr),
-}
+    **{f"depth_{m}{n}": {"model.interaction_layers": m, "model.target_interaction_layers": n}
+       for m, n in DEPTHS},
+    **{f"embed_{d}": {"model.embed_dim": d} for d in (8, 24, 32)},
+}                    # in training order: Tables 3-10 first, then the depths and embedding sizes
 SLOTS = tuple(f"t-{k}" for k in range(feseq.MAX_LEN, 0, -1)) + ("target",)
 
 

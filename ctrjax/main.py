@@ -1,5 +1,6 @@
-"""Command line: ``python -m ctrjax.main run --config=FILE[:ARG] [--config.key=value]`` or
-``python -m ctrjax.main eval WORKDIR`` (see run.sh, which wraps both).
+"""Command line: ``python -m ctrjax.main run --config=FILE[:ARG] [--config.key=value]``,
+``python -m ctrjax.main report --config=GRID_FILE[:ARG]`` (a grid's tables from its finished runs) or
+``python -m ctrjax.main eval WORKDIR`` (see run.sh, which wraps them).
 
 Multi-process (one process per host, e.g. on a GPU cluster): pass --coordinator_address,
 --num_processes and --process_id (or nothing on SLURM/TPU, where jax.distributed detects them)
@@ -57,23 +58,33 @@ def main(argv):
       if k in out["test"]:
         print(f"test {k}: {out['test'][k]:.6f}  (logged {logged.get(k, float('nan')):.6f})")
     return
-  if command != "run":
-    raise app.UsageError(f"unknown command {command!r}; use 'run' or 'eval'")
+  if command not in ("run", "report"):
+    raise app.UsageError(f"unknown command {command!r}; use 'run', 'report' or 'eval'")
   config = _CONFIG.value
   if config is None:
-    raise app.UsageError("run needs --config=FILE[:ARG]")
+    raise app.UsageError(f"{command} needs --config=FILE[:ARG]")
   config_arg = config_flags.get_config_filename(flags.FLAGS["config"])
-  workdir = _WORKDIR.value or config.workdir or _default_workdir(config_arg)
+  workdir = pathlib.Path(_WORKDIR.value or config.workdir or _default_workdir(config_arg))
+  module = load_config_module(config_arg)
+  grid = module.get_grid(config_arg.partition(":")[2] or None) if hasattr(module, "get_grid") else None
+  if grid is not None:
+    from experiments import grid as grid_lib
+    results = pathlib.Path("results") / grid.name / config.dataset.name
+  if command == "report":
+    if grid is None:
+      raise app.UsageError(f"report: {config_arg} is not a grid config (it defines no get_grid)")
+    try:
+      grid_lib.write_report(grid, workdir, results)
+    except ValueError as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
+    return
   if jax.process_index() == 0:
     print(f"workdir {workdir}; devices {jax.device_count()} ({jax.devices()[0].platform}), "
           f"processes {jax.process_count()}", flush=True)
-  module = load_config_module(config_arg)
   try:
-    if hasattr(module, "get_grid"):
-      from experiments import grid as grid_lib
-      grid = module.get_grid(config_arg.partition(":")[2] or None)
-      results = pathlib.Path("results") / grid.name / config.dataset.name
-      grid_lib.run_grid(config, grid, pathlib.Path(workdir), results)
+    if grid is not None:
+      grid_lib.run_grid(config, grid, workdir, results)
     else:
       trainer.train_and_evaluate(config, workdir)
   except trainer.TrainingDiverged as e:

@@ -61,35 +61,48 @@ class Grid:
       raise ValueError(f"grid {self.name!r}: relaimpr_metric={self.relaimpr_metric!r}; 'auc' or 'gauc'")
 
 
+SHORT_SEEDS, SHORT_EPOCHS = (0, 1, 2), 3
+
+
 def parse_arg(arg: str | None, config_file: str, datasets: tuple[str, ...]) -> dict:
-  """A grid config's argument 'quick' and/or 'dataset=NAME' (comma-separated) -> dict."""
-  out = {"quick": False, "dataset": datasets[0]}
+  """A grid config's argument, comma-separated: 'quick' (smoke run) or 'short' (a cheaper protocol
+  for a small CPU), and/or 'dataset=NAME' -> dict."""
+  out = {"quick": False, "short": False, "dataset": datasets[0]}
   for token in filter(None, (arg or "").split(",")):
     key, sep, value = token.partition("=")
-    if not sep and key == "quick":
-      out["quick"] = True
+    if not sep and key in ("quick", "short"):
+      out[key] = True
     elif key == "dataset" and value in datasets:
       out["dataset"] = value
     else:
-      raise ValueError(f"{config_file}: bad argument {token!r}; use 'quick' and/or 'dataset=' one of "
-                       f"{datasets}")
+      raise ValueError(f"{config_file}: bad argument {token!r}; use 'quick' or 'short', and/or "
+                       f"'dataset=' one of {datasets}")
+  if out["quick"] and out["short"]:
+    raise ValueError(f"{config_file}: 'quick' and 'short' are two protocols; pick one")
   return out
 
 
 def apply_grid_arg(config: ml_collections.ConfigDict, a: dict) -> ml_collections.ConfigDict:
-  """A grid's run config from its parsed argument: the dataset, 1 epoch when quick, one progress
-  line per run instead of a bar."""
+  """A grid's run config from its parsed argument: the dataset, 1 epoch when quick, at most
+  SHORT_EPOCHS when short (early stopping still picks the best of them), one progress line per run
+  instead of a bar."""
   config.dataset.name = a["dataset"]
   if a["quick"]:
     config.num_epochs = 1
+  if a["short"]:
+    config.num_epochs = SHORT_EPOCHS
   config.progress_bar = False
   return config
 
 
 def grid_identity(name: str, a: dict) -> dict:
-  """Grid name and seeds from the parsed argument: quick = 2 seeds under ``<name>_quick``, else 5."""
-  return {"name": name + ("_quick" if a["quick"] else ""),
-          "seeds": (0, 1) if a["quick"] else (0, 1, 2, 3, 4)}
+  """Grid name and seeds from the parsed argument: quick = 2 seeds under ``<name>_quick``, short =
+  SHORT_SEEDS under ``<name>_short``, else 5 seeds under ``<name>``."""
+  if a["quick"]:
+    return {"name": name + "_quick", "seeds": (0, 1)}
+  if a["short"]:
+    return {"name": name + "_short", "seeds": SHORT_SEEDS}
+  return {"name": name, "seeds": (0, 1, 2, 3, 4)}
 
 
 def with_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any], seed: int):
@@ -205,12 +218,19 @@ def _report(grid: Grid, root: pathlib.Path, results_dir: pathlib.Path) -> list[d
     return write_report(grid, root, results_dir)
 
 
+def _load_run(workdir: pathlib.Path) -> dict:
+  result = json.loads((workdir / "result.json").read_text())
+  history = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return {**result, "history": history}
+
+
 def _load(grid: Grid, root: pathlib.Path) -> dict[str, list[dict]]:
+  """Results of the variants whose every seed has finished (a grid still running has others)."""
   out = {}
-  for variant, seed, workdir in runs(grid, root):
-    result = json.loads((workdir / "result.json").read_text())
-    history = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
-    out.setdefault(variant, []).append({**result, "history": history})
+  for variant in grid.variants:
+    workdirs = [root / variant / f"seed{s}" for s in grid.seeds]
+    if all((w / "result.json").is_file() for w in workdirs):
+      out[variant] = [_load_run(w) for w in workdirs]
   return out
 
 
@@ -248,11 +268,17 @@ def _pm(row: dict, metric: str) -> str:
 def _markdown(grid: Grid, rows: list[dict], title: str) -> str:
   by_name = {r["variant"]: r for r in rows}
   sections = grid.sections or {"": tuple(by_name)}
+  pending = [v for v in grid.variants if v not in by_name]
   head = ("| variant | seeds | test AUC | test GAUC | test logloss | Δ AUC | p (Welch, AUC) "
           f"| RelaImpr ({grid.relaimpr_metric.upper()}) | s/epoch | params (excl. emb.) | best epoch |")
   lines = [f"# {title}", "",
            f"Mean ± std over seeds; Δ, p and RelaImpr against `{grid.reference}`. p < 0.05 marked *.", ""]
+  if pending:
+    lines += [f"Not finished yet, so not in the tables: {', '.join(pending)}.", ""]
   for section, variants in sections.items():
+    variants = [v for v in variants if v in by_name]
+    if not variants:
+      continue
     if section:
       lines += [f"## {section}", ""]
     lines += [head, "|" + "---|" * 11]
@@ -269,7 +295,12 @@ def _markdown(grid: Grid, rows: list[dict], title: str) -> str:
 
 
 def write_report(grid: Grid, root: pathlib.Path, results_dir: pathlib.Path) -> list[dict]:
+  """Tables and figures of the finished variants (all of them once the grid has run; any time
+  before that with ``./run.sh report CONFIG[:ARG]``, which lists the unfinished ones)."""
   results = _load(grid, root)
+  if grid.reference not in results:
+    raise ValueError(f"{root}: the reference variant {grid.reference!r} has not finished all seeds "
+                     f"{grid.seeds}; nothing to compare against yet")
   rows = table_rows(grid, results)
   results_dir.mkdir(parents=True, exist_ok=True)
   title = f"{grid.name} on {results_dir.name}"
@@ -279,9 +310,9 @@ def write_report(grid: Grid, root: pathlib.Path, results_dir: pathlib.Path) -> l
     writer.writeheader()
     writer.writerows(rows)
   _plot_bars(grid, rows, results_dir / "ablation.png", title)
-  if grid.curves:
+  if any(v in results for v in grid.curves):
     _plot_curves(grid, results, results_dir / "curves.png", title)
-  if grid.attention:
+  if grid.attention and grid.attention[0] in results:
     variant, key, labels = grid.attention
     _plot_attention(root / variant / f"seed{grid.seeds[0]}", key, labels, results_dir / "attention.png",
                     f"{key.upper()} attention, {variant}, seed {grid.seeds[0]}: 14 random test samples")
@@ -290,9 +321,9 @@ def write_report(grid: Grid, root: pathlib.Path, results_dir: pathlib.Path) -> l
 
 
 def _plot_bars(grid: Grid, rows: list[dict], path: pathlib.Path, title: str):
-  order = [v for vs in grid.sections.values() for v in vs] or [r["variant"] for r in rows]
-  order = list(dict.fromkeys(order))
   by_name = {r["variant"]: r for r in rows}
+  order = [v for vs in grid.sections.values() for v in vs] or list(by_name)
+  order = [v for v in dict.fromkeys(order) if v in by_name]
   fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.3 * len(order)), 4.2))
   for ax, metric, better in zip(axes, ("auc", "logloss"), ("higher", "lower")):
     means = [by_name[v][f"{metric}_mean"] for v in order]
@@ -312,7 +343,7 @@ def _plot_bars(grid: Grid, rows: list[dict], path: pathlib.Path, title: str):
 def _plot_curves(grid: Grid, results: dict[str, list[dict]], path: pathlib.Path, title: str):
   fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
   for ax, metric in zip(axes, ("valid_auc", "valid_logloss")):
-    for variant in grid.curves:
+    for variant in [v for v in grid.curves if v in results]:
       per_epoch: dict[int, list[float]] = {}
       for r in results[variant]:
         for h in r["history"]:
@@ -322,7 +353,7 @@ def _plot_curves(grid: Grid, results: dict[str, list[dict]], path: pathlib.Path,
       std = np.array([np.std(per_epoch[e]) for e in epochs])
       ax.errorbar(epochs, mean, yerr=std, marker="o", capsize=3, label=variant)
     ax.set_xlabel("epoch")
-    ax.set_xticks(sorted({h["epoch"] for v in grid.curves for r in results[v] for h in r["history"]}))
+    ax.set_xticks(sorted({h["epoch"] for v in grid.curves for r in results.get(v, []) for h in r["history"]}))
     ax.set_title(f"{metric.replace('_', ' ')} (mean ± std over seeds that reached the epoch)")
     ax.grid(alpha=0.3)
     ax.legend()

@@ -3,6 +3,7 @@ import csv
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 
@@ -44,9 +45,9 @@ def grid_config(tmp_path_factory):
   return path
 
 
-def _run(config_path, workdir, *extra, check=True):
+def _run(config_path, workdir, *extra, check=True, command="run"):
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
-  cmd = [sys.executable, "-m", "ctrjax.main", "run", f"--config={config_path}", f"--workdir={workdir}", *extra]
+  cmd = [sys.executable, "-m", "ctrjax.main", command, f"--config={config_path}", f"--workdir={workdir}", *extra]
   proc = subprocess.run(cmd, cwd=workdir.parent, env={**env, "PYTHONPATH": str(REPO)},
                         capture_output=True, text=True, timeout=300)
   if check and proc.returncode != 0:
@@ -156,6 +157,39 @@ def test_a_run_held_by_a_dead_worker_is_taken_over_at_the_end(grid_config, finis
   assert _trained(output) == ["sum seed 0", "mean seed 0", "mean seed 1", "sum seed 1"]
   assert _table(tmp_path / "results" / "toy_grid" / "path") == _table(
       finished_grid.parent / "results" / "toy_grid" / "path")
+
+
+def test_report_of_an_unfinished_grid_has_the_finished_variants_and_names_the_rest(
+    grid_config, finished_grid, tmp_path):
+  root = tmp_path / "runs"
+  shutil.copytree(finished_grid, root)
+  (root / "mean" / "seed1" / "result.json").unlink()         # "mean" still training
+  proc = _run(grid_config, root, command="report")
+  assert "wrote" in proc.stdout
+  results = tmp_path / "results" / "toy_grid" / "path"
+  rows = _table(results)
+  assert [r["variant"] for r in rows] == ["sum"]
+  assert rows == [r for r in _table(finished_grid.parent / "results" / "toy_grid" / "path") if r["variant"] == "sum"]
+  markdown = (results / "table.md").read_text()
+  assert "Not finished yet, so not in the tables: mean." in markdown and "| mean |" not in markdown
+  assert (results / "curves.png").is_file() and (results / "ablation.png").is_file()
+  (root / "sum" / "seed0" / "result.json").unlink()          # the reference unfinished: nothing to say
+  proc = _run(grid_config, root, command="report", check=False)
+  assert proc.returncode == 2 and "reference variant 'sum' has not finished" in proc.stderr
+
+
+def test_grid_arguments_quick_and_short_set_seeds_epochs_and_names():
+  from configs import ablation_feseq
+  full, quick, short = (ablation_feseq.get_grid(a) for a in (None, "quick", "short,dataset=ml-100k"))
+  assert (full.name, full.seeds) == ("ablation_feseq", (0, 1, 2, 3, 4))
+  assert (quick.name, quick.seeds) == ("ablation_feseq_quick", (0, 1))
+  assert (short.name, short.seeds) == ("ablation_feseq_short", grid_lib.SHORT_SEEDS)
+  assert ablation_feseq.get_config("short").num_epochs == grid_lib.SHORT_EPOCHS
+  assert ablation_feseq.get_config(None).num_epochs == 20
+  with pytest.raises(ValueError, match="pick one"):
+    ablation_feseq.get_grid("quick,short")
+  with pytest.raises(ValueError, match="bad argument 'shrot'"):
+    ablation_feseq.get_config("shrot")
 
 
 def test_grid_rejects_unknown_variants_and_override_keys():
