@@ -277,7 +277,7 @@ def _markdown(grid: Grid, rows: list[dict], title: str) -> str:
     lines += [f"Not finished yet, so not in the tables: {', '.join(pending)}.", ""]
   for section, variants in sections.items():
     variants = [v for v in variants if v in by_name]
-    if not variants:
+    if all(v == grid.reference for v in variants):      # nothing finished to compare with yet
       continue
     if section:
       lines += [f"## {section}", ""]

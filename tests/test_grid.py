@@ -172,6 +172,7 @@ def test_report_of_an_unfinished_grid_has_the_finished_variants_and_names_the_re
   assert rows == [r for r in _table(finished_grid.parent / "results" / "toy_grid" / "path") if r["variant"] == "sum"]
   markdown = (results / "table.md").read_text()
   assert "Not finished yet, so not in the tables: mean." in markdown and "| mean |" not in markdown
+  assert "## Pooling" not in markdown                       # only the reference there: no section
   assert (results / "curves.png").is_file() and (results / "ablation.png").is_file()
   (root / "sum" / "seed0" / "result.json").unlink()          # the reference unfinished: nothing to say
   proc = _run(grid_config, root, command="report", check=False)
