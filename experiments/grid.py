@@ -61,48 +61,45 @@ class Grid:
       raise ValueError(f"grid {self.name!r}: relaimpr_metric={self.relaimpr_metric!r}; 'auc' or 'gauc'")
 
 
-SHORT_SEEDS, SHORT_EPOCHS = (0, 1, 2), 3
+FULL_SEEDS = (0, 1, 2, 3, 4)
+PROTOCOLS = {"quick": ((0, 1), 1),       # a smoke run: 2 seeds, 1 epoch
+             "short": ((0, 1, 2), 3)}    # a grid too heavy for a small CPU: 3 seeds, at most 3 epochs
 
 
 def parse_arg(arg: str | None, config_file: str, datasets: tuple[str, ...]) -> dict:
-  """A grid config's argument, comma-separated: 'quick' (smoke run) or 'short' (a cheaper protocol
-  for a small CPU), and/or 'dataset=NAME' -> dict."""
-  out = {"quick": False, "short": False, "dataset": datasets[0]}
+  """A grid config's argument, comma-separated: at most one of PROTOCOLS ('quick', 'short'), and/or
+  'dataset=NAME' -> dict."""
+  out = {"protocol": None, "dataset": datasets[0]}
   for token in filter(None, (arg or "").split(",")):
     key, sep, value = token.partition("=")
-    if not sep and key in ("quick", "short"):
-      out[key] = True
+    if not sep and key in PROTOCOLS:
+      if out["protocol"]:
+        raise ValueError(f"{config_file}: {out['protocol']!r} and {key!r} are two protocols; pick one")
+      out["protocol"] = key
     elif key == "dataset" and value in datasets:
       out["dataset"] = value
     else:
-      raise ValueError(f"{config_file}: bad argument {token!r}; use 'quick' or 'short', and/or "
+      raise ValueError(f"{config_file}: bad argument {token!r}; use one of {tuple(PROTOCOLS)}, and/or "
                        f"'dataset=' one of {datasets}")
-  if out["quick"] and out["short"]:
-    raise ValueError(f"{config_file}: 'quick' and 'short' are two protocols; pick one")
   return out
 
 
 def apply_grid_arg(config: ml_collections.ConfigDict, a: dict) -> ml_collections.ConfigDict:
-  """A grid's run config from its parsed argument: the dataset, 1 epoch when quick, at most
-  SHORT_EPOCHS when short (early stopping still picks the best of them), one progress line per run
-  instead of a bar."""
+  """A grid's run config from its parsed argument: the dataset, the protocol's epoch cap (early
+  stopping still picks the best epoch), one progress line per run instead of a bar."""
   config.dataset.name = a["dataset"]
-  if a["quick"]:
-    config.num_epochs = 1
-  if a["short"]:
-    config.num_epochs = SHORT_EPOCHS
+  if a["protocol"]:
+    config.num_epochs = PROTOCOLS[a["protocol"]][1]
   config.progress_bar = False
   return config
 
 
 def grid_identity(name: str, a: dict) -> dict:
-  """Grid name and seeds from the parsed argument: quick = 2 seeds under ``<name>_quick``, short =
-  SHORT_SEEDS under ``<name>_short``, else 5 seeds under ``<name>``."""
-  if a["quick"]:
-    return {"name": name + "_quick", "seeds": (0, 1)}
-  if a["short"]:
-    return {"name": name + "_short", "seeds": SHORT_SEEDS}
-  return {"name": name, "seeds": (0, 1, 2, 3, 4)}
+  """Grid name and seeds from the parsed argument: a protocol's seeds under ``<name>_<protocol>``,
+  else FULL_SEEDS under ``<name>``."""
+  if a["protocol"]:
+    return {"name": f"{name}_{a['protocol']}", "seeds": PROTOCOLS[a["protocol"]][0]}
+  return {"name": name, "seeds": FULL_SEEDS}
 
 
 def with_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any], seed: int):
@@ -119,8 +116,12 @@ def with_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any],
   return out
 
 
+def workdir_of(root: pathlib.Path, variant: str, seed: int) -> pathlib.Path:
+  return root / variant / f"seed{seed}"
+
+
 def runs(grid: Grid, root: pathlib.Path):
-  return [(v, s, root / v / f"seed{s}") for v in grid.variants for s in grid.seeds]
+  return [(v, s, workdir_of(root, v, s)) for v in grid.variants for s in grid.seeds]
 
 
 def run_grid(config: ml_collections.ConfigDict, grid: Grid, root: pathlib.Path,
@@ -151,7 +152,7 @@ def _run_grid_seeds_in_parallel(config, grid: Grid, root: pathlib.Path, results_
   from ctrjax.train import seeds as seeds_lib
   jobs = []
   for i, variant in enumerate(grid.variants, 1):
-    workdirs = {s: root / variant / f"seed{s}" for s in grid.seeds}
+    workdirs = {s: workdir_of(root, variant, s) for s in grid.seeds}
     pending = lambda workdirs=workdirs: [s for s, w in workdirs.items() if not (w / "result.json").is_file()]
 
     def train(variant=variant, workdirs=workdirs, pending=pending):
@@ -228,7 +229,7 @@ def _load(grid: Grid, root: pathlib.Path) -> dict[str, list[dict]]:
   """Results of the variants whose every seed has finished (a grid still running has others)."""
   out = {}
   for variant in grid.variants:
-    workdirs = [root / variant / f"seed{s}" for s in grid.seeds]
+    workdirs = [workdir_of(root, variant, s) for s in grid.seeds]
     if all((w / "result.json").is_file() for w in workdirs):
       out[variant] = [_load_run(w) for w in workdirs]
   return out
@@ -314,7 +315,7 @@ def write_report(grid: Grid, root: pathlib.Path, results_dir: pathlib.Path) -> l
     _plot_curves(grid, results, results_dir / "curves.png", title)
   if grid.attention and grid.attention[0] in results:
     variant, key, labels = grid.attention
-    _plot_attention(root / variant / f"seed{grid.seeds[0]}", key, labels, results_dir / "attention.png",
+    _plot_attention(workdir_of(root, variant, grid.seeds[0]), key, labels, results_dir / "attention.png",
                     f"{key.upper()} attention, {variant}, seed {grid.seeds[0]}: 14 random test samples")
   print(f"wrote {results_dir}/table.md, table.csv and figures", flush=True)
   return rows
@@ -341,9 +342,10 @@ def _plot_bars(grid: Grid, rows: list[dict], path: pathlib.Path, title: str):
 
 
 def _plot_curves(grid: Grid, results: dict[str, list[dict]], path: pathlib.Path, title: str):
+  curves = [v for v in grid.curves if v in results]
   fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
   for ax, metric in zip(axes, ("valid_auc", "valid_logloss")):
-    for variant in [v for v in grid.curves if v in results]:
+    for variant in curves:
       per_epoch: dict[int, list[float]] = {}
       for r in results[variant]:
         for h in r["history"]:
@@ -353,7 +355,7 @@ def _plot_curves(grid: Grid, results: dict[str, list[dict]], path: pathlib.Path,
       std = np.array([np.std(per_epoch[e]) for e in epochs])
       ax.errorbar(epochs, mean, yerr=std, marker="o", capsize=3, label=variant)
     ax.set_xlabel("epoch")
-    ax.set_xticks(sorted({h["epoch"] for v in grid.curves for r in results.get(v, []) for h in r["history"]}))
+    ax.set_xticks(sorted({h["epoch"] for v in curves for r in results[v] for h in r["history"]}))
     ax.set_title(f"{metric.replace('_', ' ')} (mean ± std over seeds that reached the epoch)")
     ax.grid(alpha=0.3)
     ax.legend()

@@ -184,8 +184,9 @@ def test_grid_arguments_quick_and_short_set_seeds_epochs_and_names():
   full, quick, short = (ablation_feseq.get_grid(a) for a in (None, "quick", "short,dataset=ml-100k"))
   assert (full.name, full.seeds) == ("ablation_feseq", (0, 1, 2, 3, 4))
   assert (quick.name, quick.seeds) == ("ablation_feseq_quick", (0, 1))
-  assert (short.name, short.seeds) == ("ablation_feseq_short", grid_lib.SHORT_SEEDS)
-  assert ablation_feseq.get_config("short").num_epochs == grid_lib.SHORT_EPOCHS
+  assert (short.name, short.seeds) == ("ablation_feseq_short", grid_lib.PROTOCOLS["short"][0])
+  assert ablation_feseq.get_config("short").num_epochs == grid_lib.PROTOCOLS["short"][1]
+  assert grid_lib.PROTOCOLS["short"] == ((0, 1, 2), 3)          # the protocol README reports
   assert ablation_feseq.get_config(None).num_epochs == 20
   with pytest.raises(ValueError, match="pick one"):
     ablation_feseq.get_grid("quick,short")
