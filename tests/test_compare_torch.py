@@ -1,4 +1,10 @@
-"""benchmarks/compare_torch without torch: data layout, metrics, rates, schedule, table, configs."""
+"""benchmarks/compare_torch without torch: data layout, metrics, rates, schedule, table, configs,
+and ctrjax's runner with a primed compilation cache."""
+import json
+import pathlib
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -7,6 +13,8 @@ from ctrjax import metrics
 from ctrjax.data.dataset import Dataset
 from ctrjax.models import get_model
 from data_prep import synthetic
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_right_pad_keeps_order_and_lengths():
@@ -110,3 +118,19 @@ def test_deviations_name_the_batch_norm_gap():
   assert off == ["torch-rechub: every MLP has BatchNorm (not configurable)"]
   on = spec.deviations(["bst"], ["ctrjax", "rechub"], batch_norm=True)
   assert "ctrjax bst: no BatchNorm in its MLP (not configurable)" in on and len(on) == 3
+
+
+def test_primed_compile_cache_holds_every_program_of_a_timed_run(tiny, tmp_path):
+  """--prime compiles what the timed run compiles: the timed run adds nothing to the cache."""
+  cache = tmp_path / "jax_cache"
+  cmd = [sys.executable, "-m", "benchmarks.compare_torch.jax_runner", "--model", "dcn", "--dataset",
+         str(tiny), "--epochs", "2", "--warmup", "1", "--compile_cache", str(cache)]
+  primed = subprocess.run(cmd + ["--prime"], cwd=REPO, capture_output=True, text=True, check=True)
+  assert "primed the compilation cache for dcn" in primed.stdout
+  entries = sorted(p.name for p in cache.iterdir())
+  assert entries, "priming wrote no cache entries"
+  timed = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=True)
+  result = json.loads(next(line for line in timed.stdout.splitlines()
+                           if line.startswith("RESULT "))[len("RESULT "):])
+  assert result["model"] == "dcn" and 0.0 <= result["test_auc"] <= 1.0
+  assert sorted(p.name for p in cache.iterdir()) == entries
