@@ -1,5 +1,6 @@
 """benchmarks/compare_torch without torch: data layout, metrics, rates, schedule, table, configs,
 and ctrjax's runner with a primed compilation cache."""
+import argparse
 import json
 import pathlib
 import subprocess
@@ -134,3 +135,18 @@ def test_primed_compile_cache_holds_every_program_of_a_timed_run(tiny, tmp_path)
                            if line.startswith("RESULT "))[len("RESULT "):])
   assert result["model"] == "dcn" and 0.0 <= result["test_auc"] <= 1.0
   assert sorted(p.name for p in cache.iterdir()) == entries
+
+
+def test_runner_commands_carry_the_compile_cache_and_the_first_order_switch(tmp_path):
+  args = argparse.Namespace(torch_python="torch-python", torch_threads=2, torch_device="cpu",
+                            epochs=1, warmup=20, seed=0, batch_norm=True, compile_cache=True,
+                            rechub_deepfm_first_order="per_feature")
+  cmd = lambda lib, model: run._command(args, lib, model, 1, tmp_path / "d", tmp_path / "d.npz")
+  jax_cmd = cmd("ctrjax", "deepfm")
+  assert jax_cmd[jax_cmd.index("--compile_cache") + 1] == str(run.COMPILE_CACHE)
+  assert "--deepfm_first_order" not in jax_cmd and jax_cmd[-1] == "--batch_norm"
+  rechub = cmd("rechub", "deepfm")
+  assert rechub[0] == "torch-python" and "--compile_cache" not in rechub
+  assert rechub[rechub.index("--deepfm_first_order") + 1] == "per_feature"
+  assert rechub[rechub.index("--seed") + 1] == "1"                     # seed + repeat
+  assert "--deepfm_first_order" not in cmd("rechub", "dcn") + cmd("deepctr", "deepfm")

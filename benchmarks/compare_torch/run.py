@@ -156,6 +156,8 @@ def _command(a, lib: str, model: str, repeat: int, dataset: pathlib.Path,
           "--seed", str(a.seed + repeat)]
   if lib == "ctrjax" and a.compile_cache:
     cmd += ["--compile_cache", str(COMPILE_CACHE)]
+  if (lib, model) == ("rechub", "deepfm"):
+    cmd += ["--deepfm_first_order", a.rechub_deepfm_first_order]
   return cmd + (["--batch_norm"] if a.batch_norm else [])
 
 
@@ -202,6 +204,9 @@ def main():
   ap.add_argument("--compile_cache", action="store_true",
                   help=f"ctrjax with a persistent compilation cache ({COMPILE_CACHE.relative_to(REPO)}), "
                   "filled by one untimed run per model first")
+  ap.add_argument("--rechub_deepfm_first_order", choices=("linear", "per_feature"), default="linear",
+                  help="torch-rechub's DeepFM first-order term: its own Linear over the field "
+                  "embeddings, or the paper's scalar weight per id (as ctrjax and DeepCTR-Torch)")
   ap.add_argument("--timeout", type=float, default=3600, help="seconds per run")
   ap.add_argument("--torch_python", default=str(REPO / "cache" / "torch-venv" / "bin" / "python"))
   ap.add_argument("--out", default=str(OUT))
@@ -229,6 +234,9 @@ def main():
   out = pathlib.Path(a.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   notes = spec.deviations(models, libraries, a.batch_norm)
+  if a.rechub_deepfm_first_order != "linear" and "deepfm" in models and "rechub" in libraries:
+    notes.append("torch-rechub deepfm: first-order term replaced by a scalar weight per id "
+                 "(--rechub_deepfm_first_order per_feature)")
   runs = schedule(models, libraries, a.repeats)
   if a.compile_cache:
     prime_compile_cache(a, models, dataset, npz)

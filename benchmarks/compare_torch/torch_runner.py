@@ -2,7 +2,7 @@
 
   cache/torch-venv/bin/python -m benchmarks.compare_torch.torch_runner --library deepctr --model din \
       --data cache/compare_torch/<dataset>.npz [--epochs 1] [--warmup 20] [--seed 0] [--batch_norm]
-      [--threads N] [--device cpu|cuda]
+      [--threads N] [--device cpu|cuda] [--deepfm_first_order linear|per_feature]
 
 Runs in the torch venv (benchmarks/compare_torch/run.sh builds it). The model is the library's own
 class; the loop around it is the one both libraries' trainers run (forward, BCE plus the model's
@@ -91,7 +91,8 @@ class _DeepCTR:
 class _RecHub:
   """torch-rechub: feature objects, a dict of int64 tensors per batch."""
 
-  def __init__(self, model: str, data: dict, seed: int, batch_norm: bool, device: str):
+  def __init__(self, model: str, data: dict, seed: int, batch_norm: bool, device: str,
+               deepfm_first_order: str = "linear"):
     del batch_norm  # torch-rechub's MLP always has BatchNorm
     from torch_rechub.basic.features import SequenceFeature, SparseFeature
     from torch_rechub.models import ranking
@@ -127,6 +128,12 @@ class _RecHub:
         self.net = ranking.DCN(fields, n_cross_layers=h["num_cross_layers"], mlp_params=mlp)
       elif model == "deepfm":
         self.net = ranking.DeepFM(fields, fields, mlp_params=mlp)
+        if deepfm_first_order == "per_feature":
+          ones = [SparseFeature("item_id", v["item_id"], embed_dim=1, padding_idx=0),
+                  *[SparseFeature(n, v[n], embed_dim=1) for n in spec.SPARSE if n != "item_id"],
+                  SequenceFeature(spec.HISTORY, v["item_id"], embed_dim=1, pooling="mean",
+                                  shared_with="item_id", padding_idx=0)]
+          self.net = _DeepFMPerFeatureFirstOrder(self.net, ones)
       else:
         raise ValueError(f"torch-rechub has no {model!r}")
     self.net.to(device)
@@ -139,6 +146,27 @@ class _RecHub:
   def forward(self, x) -> tuple[torch.Tensor, torch.Tensor]:
     out = self.net(x)
     return out if isinstance(out, tuple) else (out, torch.zeros(()))  # DIEN returns (prob, aux)
+
+
+class _DeepFMPerFeatureFirstOrder(torch.nn.Module):
+  """torch-rechub's DeepFM with the paper's first-order term, a scalar weight per id (1-wide
+  embeddings of the same fields, the history mean-pooled) plus a bias, in place of its Linear over
+  the concatenated field embeddings; the FM and DNN parts are rechub's own modules."""
+
+  def __init__(self, deepfm: torch.nn.Module, features_1d: list):
+    super().__init__()
+    from torch_rechub.basic.layers import EmbeddingLayer
+    deepfm.linear = None
+    self.deepfm, self.features_1d = deepfm, features_1d
+    self.first_order = EmbeddingLayer(features_1d)
+    self.bias = torch.nn.Parameter(torch.zeros(1))
+
+  def forward(self, x):
+    m = self.deepfm
+    y_linear = self.first_order(x, self.features_1d, squeeze_dim=True).sum(1, keepdim=True) + self.bias
+    y_fm = m.fm(m.embedding(x, m.fm_features, squeeze_dim=False))
+    y_deep = m.mlp(m.embedding(x, m.deep_features, squeeze_dim=True))
+    return torch.sigmoid((y_linear + y_fm + y_deep).squeeze(1))
 
 
 def load(path: str) -> dict:
@@ -164,7 +192,12 @@ def main():
   ap.add_argument("--batch_norm", action="store_true", help="BatchNorm in the DNNs (DeepCTR-Torch)")
   ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
   ap.add_argument("--device", default="cpu", help="torch device that trains: cpu or cuda")
+  ap.add_argument("--deepfm_first_order", choices=("linear", "per_feature"), default="linear",
+                  help="torch-rechub's DeepFM: its Linear over the field embeddings, or the paper's "
+                  "scalar weight per id")
   a = ap.parse_args()
+  if a.deepfm_first_order != "linear" and (a.library, a.model) != ("rechub", "deepfm"):
+    ap.error("--deepfm_first_order is for --library rechub --model deepfm")
   sync = torch.cuda.synchronize if a.device.startswith("cuda") else lambda: None
   if a.threads:
     torch.set_num_threads(a.threads)
@@ -175,7 +208,10 @@ def main():
   steps = a.epochs * (n // b)
 
   t_start = time.perf_counter()
-  lib = (_DeepCTR if a.library == "deepctr" else _RecHub)(a.model, data, a.seed, a.batch_norm, a.device)
+  if a.library == "deepctr":
+    lib = _DeepCTR(a.model, data, a.seed, a.batch_norm, a.device)
+  else:
+    lib = _RecHub(a.model, data, a.seed, a.batch_norm, a.device, a.deepfm_first_order)
   opt = torch.optim.Adam(lib.net.parameters(), lr=spec.LEARNING_RATE)
   gen = torch.Generator().manual_seed(a.seed)
   lib.net.train()
