@@ -26,7 +26,8 @@ def model_config(plain: bool = False, variant: str = "paper") -> ml_collections.
       variant=variant,                 # paper (eq. 5-8) | official (ReLU Q/K/V, 1/√d', LayerNorm)
       attention_dropout=0.0, embedding_dropout=0.0,
       hidden=() if plain else (400, 400),   # () = AutoInt; widths = AutoInt+'s joint DNN
-      activation="relu", dropout=0.0, batch_norm=False, batch_norm_momentum=0.99, init_std=0.02))
+      activation="relu", dropout=0.0, batch_norm=False, batch_norm_momentum=0.99, init_std=0.02,
+      dnn_kernel_init="xavier_normal"))  # DNN kernels; torch_linear = PyTorch's nn.Linear default
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

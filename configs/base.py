@@ -43,6 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(
       embed_dim=16, hidden=(200, 80), activation="prelu", dropout=0.0, batch_norm=False,
       batch_norm_momentum=0.99,        # BatchNorm running-average decay (PyTorch's momentum 0.1 = 0.9)
+      dnn_kernel_init="xavier_normal", # DNN kernels; torch_linear = PyTorch's nn.Linear default
       pooling="sum", init_std=0.02,
       id_dropout=0.0))                 # DIN §6.5 "Dropout" regulariser: discard this share of ids (train)
 

@@ -32,6 +32,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       dropout=0.0,
       batch_norm=False,
       batch_norm_momentum=0.99,        # BatchNorm running-average decay (PyTorch's momentum 0.1 = 0.9)
+      dnn_kernel_init="xavier_normal", # DNN kernels; torch_linear = PyTorch's nn.Linear default
       aux_loss_alpha=1.0,              # auxiliary-loss weight (official 1; 0 = off)
       aux_hidden=(100, 50),
       aux_activation="sigmoid",        # official; FuxiCTR uses relu

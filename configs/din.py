@@ -22,7 +22,8 @@ def model_config(activation: str = "prelu") -> ml_collections.ConfigDict:
       attention_activation=ml_collections.FieldReference(None, field_type=str),  # None: = activation
       attention_weighting="raw",       # raw (paper) | softmax (official codes)
       scale_by_sqrt_d=False,           # softmax scores / √D (the DIN demo)
-      dropout=0.0, batch_norm=False, batch_norm_momentum=0.99, init_std=0.02, id_dropout=0.0))
+      dropout=0.0, batch_norm=False, batch_norm_momentum=0.99, init_std=0.02, id_dropout=0.0,
+      dnn_kernel_init="xavier_normal"))  # DNN kernels; torch_linear = PyTorch's nn.Linear default
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -34,6 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       dropout=0.0,
       batch_norm=False,                # True: BatchNorm in each hidden layer (FESeq repo's port)
       batch_norm_momentum=0.99,        # its running-average decay (PyTorch's momentum 0.1 = 0.9)
+      dnn_kernel_init="xavier_normal", # DNN kernels; torch_linear = PyTorch's nn.Linear default
       init_std=0.02))
   c.batch_size = 128
   c.optimizer.learning_rate = 1e-3

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from benchmarks.compare_torch import run, spec
+from benchmarks.compare_torch import jax_runner, run, spec
 from ctrjax import metrics
 from ctrjax.data.dataset import Dataset
 from ctrjax.models import get_model
@@ -112,6 +112,9 @@ def test_export_holds_the_dataset_arrays(tiny, tmp_path):
 def test_ctrjax_configs_build_the_models(tiny, model, batch_norm):
   schema = Dataset(tiny, validate=False).schema
   get_model(model)(schema=schema, **spec.ctrjax_model_config(model, batch_norm))
+  c = jax_runner.config(model, str(tiny), 1, 0, batch_norm, dnn_kernel_init="torch_linear")
+  get_model(model)(schema=schema, **c.model)
+  assert c.model.get("dnn_kernel_init") == (None if model == "bst" else "torch_linear")  # BST: no DNN knob
 
 
 def test_deviations_name_the_batch_norm_gap():
@@ -137,16 +140,19 @@ def test_primed_compile_cache_holds_every_program_of_a_timed_run(tiny, tmp_path)
   assert sorted(p.name for p in cache.iterdir()) == entries
 
 
-def test_runner_commands_carry_the_compile_cache_and_the_first_order_switch(tmp_path):
+def test_runner_commands_carry_the_compile_cache_and_the_two_switches(tmp_path):
   args = argparse.Namespace(torch_python="torch-python", torch_threads=2, torch_device="cpu",
                             epochs=1, warmup=20, seed=0, batch_norm=True, compile_cache=True,
-                            rechub_deepfm_first_order="per_feature")
+                            rechub_deepfm_first_order="per_feature",
+                            ctrjax_dnn_kernel_init="torch_linear")
   cmd = lambda lib, model: run._command(args, lib, model, 1, tmp_path / "d", tmp_path / "d.npz")
   jax_cmd = cmd("ctrjax", "deepfm")
   assert jax_cmd[jax_cmd.index("--compile_cache") + 1] == str(run.COMPILE_CACHE)
   assert "--deepfm_first_order" not in jax_cmd and jax_cmd[-1] == "--batch_norm"
+  assert jax_cmd[jax_cmd.index("--dnn_kernel_init") + 1] == "torch_linear"
   rechub = cmd("rechub", "deepfm")
   assert rechub[0] == "torch-python" and "--compile_cache" not in rechub
+  assert "--dnn_kernel_init" not in rechub
   assert rechub[rechub.index("--deepfm_first_order") + 1] == "per_feature"
   assert rechub[rechub.index("--seed") + 1] == "1"                     # seed + repeat
   assert "--deepfm_first_order" not in cmd("rechub", "dcn") + cmd("deepctr", "deepfm")

@@ -114,3 +114,30 @@ def test_batch_norm_momentum_reaches_every_batch_norm(name):
   assert means[0.9], f"{name}: no BatchNorm with batch_norm=True"
   for path, mean in means[0.99].items():
     np.testing.assert_allclose(means[0.9][path], 10 * mean, rtol=1e-4, atol=1e-7, err_msg=path)
+
+
+DNN_INIT_MODELS = sorted(n for n in available() if "dnn_kernel_init" in get_model(n).__dataclass_fields__)
+
+
+@pytest.mark.parametrize("name", DNN_INIT_MODELS)
+def test_dnn_kernel_init_reaches_the_dnn_and_rejects_unknown_names(name):
+  """'torch_linear' draws every DNN kernel from U(±1/√fan_in) (PyTorch's nn.Linear); the default
+  Xavier-normal has tails beyond that bound, so the switch must reach every DNN layer."""
+  batch, rng = _batch(), jax.random.PRNGKey(0)
+  fields = get_model(name).__dataclass_fields__
+  config = {"hidden": (64, 32)} if "hidden" in fields else {}
+
+  def dnn_kernels(init):
+    params = get_model(name)(schema=SCHEMA, **config, dnn_kernel_init=init).init(
+        rng, batch, train=False)["params"]
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    return {jax.tree_util.keystr(p): np.asarray(v) for p, v in flat
+            if "mlp" in p[0].key and p[-1].key == "kernel"}                 # the DNN towers
+
+  torch_kernels, xavier_kernels = dnn_kernels("torch_linear"), dnn_kernels("xavier_normal")
+  assert torch_kernels and torch_kernels.keys() == xavier_kernels.keys(), f"{name}: no DNN kernels found"
+  for path, kernel in torch_kernels.items():
+    assert np.abs(kernel).max() <= 1 / np.sqrt(kernel.shape[0]) + 1e-7, path
+  assert any(np.abs(k).max() > 1 / np.sqrt(k.shape[0]) for k in xavier_kernels.values())
+  with pytest.raises(ValueError, match=r"model.dnn_kernel_init='kaiming'; choose from"):
+    get_model(name)(schema=SCHEMA, **config, dnn_kernel_init="kaiming").init(rng, batch, train=False)

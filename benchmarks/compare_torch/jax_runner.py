@@ -2,7 +2,7 @@
 
   .venv/bin/python -m benchmarks.compare_torch.jax_runner --model din \
       --dataset data/prepared/synthetic-<hash> [--epochs 1] [--warmup 20] [--seed 0] [--batch_norm]
-      [--compile_cache DIR [--prime]]
+      [--dnn_kernel_init xavier_normal|torch_linear] [--compile_cache DIR [--prime]]
 
 The trainer's own path: Setup (dataset, model, jitted steps), the grain loader with the host ->
 device transfer in its threads, the jitted train step. Without --compile_cache end to end includes
@@ -20,15 +20,19 @@ import numpy as np
 
 from benchmarks.compare_torch import spec
 from configs import base
+from ctrjax.layers.mlp import DENSE_INITIALIZERS
+from ctrjax.models import get_model
 from ctrjax.train import trainer
 
 
-def config(model: str, dataset: str, epochs: int, seed: int,
-           batch_norm: bool) -> ml_collections.ConfigDict:
+def config(model: str, dataset: str, epochs: int, seed: int, batch_norm: bool,
+           dnn_kernel_init: str = "xavier_normal") -> ml_collections.ConfigDict:
   """configs/base.py with the shared hyperparameters of spec.py."""
   c = base.get_config()
   c.model_name = model
   c.model = ml_collections.ConfigDict(spec.ctrjax_model_config(model, batch_norm))
+  if "dnn_kernel_init" in get_model(model).__dataclass_fields__:
+    c.model.dnn_kernel_init = dnn_kernel_init
   c.dataset.name, c.dataset.path = "path", dataset
   c.batch_size = c.eval_batch_size = spec.BATCH_SIZE
   c.optimizer.learning_rate = spec.LEARNING_RATE
@@ -53,6 +57,8 @@ def main():
   ap.add_argument("--warmup", type=int, default=20, help="steps excluded from the steady state")
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--batch_norm", action="store_true", help="BatchNorm in the DNNs")
+  ap.add_argument("--dnn_kernel_init", choices=sorted(DENSE_INITIALIZERS), default="xavier_normal",
+                  help="the DNN's kernel initialiser (torch_linear: PyTorch's nn.Linear default)")
   ap.add_argument("--compile_cache", help="jax persistent compilation cache directory")
   ap.add_argument("--prime", action="store_true", help="only compile into --compile_cache")
   a = ap.parse_args()
@@ -64,7 +70,7 @@ def main():
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
   t_start = time.perf_counter()
-  setup = trainer.Setup(config(a.model, a.dataset, a.epochs, a.seed, a.batch_norm))
+  setup = trainer.Setup(config(a.model, a.dataset, a.epochs, a.seed, a.batch_norm, a.dnn_kernel_init))
   src = setup.source("train", train=True)
   steps = src.batches_per_epoch * a.epochs
   batches = setup.batches(src)

@@ -154,8 +154,10 @@ def _command(a, lib: str, model: str, repeat: int, dataset: pathlib.Path,
            "--data", str(npz), "--threads", str(a.torch_threads), "--device", a.torch_device]
   cmd += ["--model", model, "--epochs", str(a.epochs), "--warmup", str(a.warmup),
           "--seed", str(a.seed + repeat)]
-  if lib == "ctrjax" and a.compile_cache:
-    cmd += ["--compile_cache", str(COMPILE_CACHE)]
+  if lib == "ctrjax":
+    cmd += ["--dnn_kernel_init", a.ctrjax_dnn_kernel_init]
+    if a.compile_cache:
+      cmd += ["--compile_cache", str(COMPILE_CACHE)]
   if (lib, model) == ("rechub", "deepfm"):
     cmd += ["--deepfm_first_order", a.rechub_deepfm_first_order]
   return cmd + (["--batch_norm"] if a.batch_norm else [])
@@ -204,6 +206,9 @@ def main():
   ap.add_argument("--compile_cache", action="store_true",
                   help=f"ctrjax with a persistent compilation cache ({COMPILE_CACHE.relative_to(REPO)}), "
                   "filled by one untimed run per model first")
+  ap.add_argument("--ctrjax_dnn_kernel_init", choices=("xavier_normal", "torch_linear"),
+                  default="xavier_normal", help="ctrjax's DNN kernel initialiser (torch_linear: the "
+                  "torch libraries' nn.Linear default)")
   ap.add_argument("--rechub_deepfm_first_order", choices=("linear", "per_feature"), default="linear",
                   help="torch-rechub's DeepFM first-order term: its own Linear over the field "
                   "embeddings, or the paper's scalar weight per id (as ctrjax and DeepCTR-Torch)")
@@ -234,6 +239,9 @@ def main():
   out = pathlib.Path(a.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   notes = spec.deviations(models, libraries, a.batch_norm)
+  if a.ctrjax_dnn_kernel_init != "xavier_normal":
+    notes.append(f"ctrjax: DNN kernels initialised {a.ctrjax_dnn_kernel_init} (PyTorch's nn.Linear "
+                 "default), as the torch libraries'")
   if a.rechub_deepfm_first_order != "linear" and "deepfm" in models and "rechub" in libraries:
     notes.append("torch-rechub deepfm: first-order term replaced by a scalar weight per id "
                  "(--rechub_deepfm_first_order per_feature)")

@@ -64,6 +64,20 @@ def apply_activation(name: str, x: jax.Array, train: bool) -> jax.Array:
   raise ValueError(f"unknown activation {name!r}; choose from {sorted(ACTIVATIONS)}")
 
 
+DENSE_INITIALIZERS = {
+    "xavier_normal": nn.initializers.xavier_normal(),       # FuxiCTR's DNN kernels, our default
+    # PyTorch's nn.Linear default, Kaiming-uniform with a = √5: U(±1/√fan_in) (biases stay 0 here)
+    "torch_linear": nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
+}
+
+
+def dense_initializer(name: str, field: str = "model.dnn_kernel_init") -> nn.initializers.Initializer:
+  """The DNN kernel initialiser called ``name``; a ValueError naming ``field`` otherwise."""
+  if name not in DENSE_INITIALIZERS:
+    raise ValueError(f"{field}={name!r}; choose from {sorted(DENSE_INITIALIZERS)}")
+  return DENSE_INITIALIZERS[name]
+
+
 class MLP(nn.Module):
   """Hidden layers then, if ``output_dim`` is set, a final linear layer."""
   hidden: Sequence[int]

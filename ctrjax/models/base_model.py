@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ctrjax.data.schema import Schema
-from ctrjax.layers import MLP, FeatureEmbedding, pooled_fields
+from ctrjax.layers import FeatureEmbedding, MLP, dense_initializer, pooled_fields
 
 
 class Model(nn.Module):
@@ -22,6 +22,7 @@ class Model(nn.Module):
   dropout: float = 0.0
   batch_norm: bool = False
   batch_norm_momentum: float = 0.99       # BatchNorm running-average decay (PyTorch's 0.1 = 0.9)
+  dnn_kernel_init: str = "xavier_normal"  # DNN kernels; 'torch_linear': PyTorch's nn.Linear default
   pooling: str = "sum"          # 'sum' (paper) or 'mean'
   init_std: float = 0.02
   id_dropout: float = 0.0
@@ -33,6 +34,7 @@ class Model(nn.Module):
     fields = pooled_fields(emb, batch["behavior"]["mask"] if emb["behavior"] else None, self.pooling)
     x = jnp.concatenate(list(fields.values()), axis=-1)
     logit = MLP(self.hidden, self.activation, self.dropout, self.batch_norm,
-                batch_norm_momentum=self.batch_norm_momentum, output_dim=1,
+                batch_norm_momentum=self.batch_norm_momentum,
+                kernel_init=dense_initializer(self.dnn_kernel_init), output_dim=1,
                 name="mlp")(x, train)
     return {"logit": logit[:, 0]}

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ctrjax.data.schema import Schema
-from ctrjax.layers import MLP, FeatureEmbedding
+from ctrjax.layers import FeatureEmbedding, MLP, dense_initializer
 from ctrjax.layers.interaction import CrossLayer, field_vectors
 
 
@@ -27,6 +27,7 @@ class Model(nn.Module):
   dropout: float = 0.0
   batch_norm: bool = False
   batch_norm_momentum: float = 0.99       # BatchNorm running-average decay (PyTorch's 0.1 = 0.9)
+  dnn_kernel_init: str = "xavier_normal"  # DNN kernels; 'torch_linear': PyTorch's nn.Linear default
   init_std: float = 0.02
 
   @nn.compact
@@ -41,7 +42,8 @@ class Model(nn.Module):
     parts = [x]
     if self.hidden:
       parts.append(MLP(self.hidden, self.activation, self.dropout, self.batch_norm,
-                       batch_norm_momentum=self.batch_norm_momentum, name="mlp")(x0, train))
+                       batch_norm_momentum=self.batch_norm_momentum,
+                       kernel_init=dense_initializer(self.dnn_kernel_init), name="mlp")(x0, train))
     logit = nn.Dense(1, kernel_init=nn.initializers.xavier_normal(), name="output")(
         jnp.concatenate(parts, axis=-1))
     return {"logit": logit[:, 0]}

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ctrjax.data.schema import Schema
-from ctrjax.layers import MLP, FeatureEmbedding
+from ctrjax.layers import FeatureEmbedding, MLP, dense_initializer
 from ctrjax.layers.interaction import CrossLayerMix, CrossLayerV2, field_vectors
 
 STRUCTURES = ("crossnet_only", "stacked", "parallel", "stacked_parallel")
@@ -36,6 +36,7 @@ class Model(nn.Module):
   dropout: float = 0.0
   batch_norm: bool = False
   batch_norm_momentum: float = 0.99       # BatchNorm running-average decay (PyTorch's 0.1 = 0.9)
+  dnn_kernel_init: str = "xavier_normal"  # DNN kernels; 'torch_linear': PyTorch's nn.Linear default
   init_std: float = 0.02
 
   def __post_init__(self):
@@ -63,7 +64,8 @@ class Model(nn.Module):
 
     def dnn(name, inputs):
       return MLP(self.hidden, self.activation, self.dropout, self.batch_norm,
-                 batch_norm_momentum=self.batch_norm_momentum, name=name)(inputs, train)
+                 batch_norm_momentum=self.batch_norm_momentum,
+                 kernel_init=dense_initializer(self.dnn_kernel_init), name=name)(inputs, train)
 
     stacked = self.structure in ("stacked", "stacked_parallel")
     parts = [dnn("stacked_mlp", x) if stacked else x]

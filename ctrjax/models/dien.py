@@ -59,7 +59,7 @@ from ctrjax.data.schema import Schema
 from ctrjax.layers.attention import LocalActivationUnit, masked_softmax
 from ctrjax.layers.embedding import FeatureEmbedding, behavior_aligned_item, masked_sum
 from ctrjax.layers.gru import GRU, check_gru_type
-from ctrjax.layers.mlp import MLP, PReLU
+from ctrjax.layers.mlp import MLP, PReLU, dense_initializer
 
 ATTENTION_TYPES = ("din_fcn", "bilinear")
 
@@ -84,6 +84,7 @@ class Model(nn.Module):
   dropout: float = 0.0
   batch_norm: bool = False
   batch_norm_momentum: float = 0.99       # BatchNorm running-average decay (PyTorch's 0.1 = 0.9)
+  dnn_kernel_init: str = "xavier_normal"  # DNN kernels; 'torch_linear': PyTorch's nn.Linear default
   aux_loss_alpha: float = 1.0             # 0 switches the auxiliary loss off
   aux_hidden: Sequence[int] = (100, 50)
   aux_activation: str = "sigmoid"
@@ -122,7 +123,8 @@ class Model(nn.Module):
       parts += [pooled, target * pooled]
     parts += [evolved, *emb["context"].values()]
     logit = MLP(self.hidden, self.activation, self.dropout, self.batch_norm,
-                batch_norm_momentum=self.batch_norm_momentum, output_dim=1,
+                batch_norm_momentum=self.batch_norm_momentum,
+                kernel_init=dense_initializer(self.dnn_kernel_init), output_dim=1,
                 name="mlp")(jnp.concatenate(parts, axis=-1), train)
     out["logit"] = logit[:, 0]
     if self.aux_loss_alpha > 0:

@@ -19,7 +19,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ctrjax.data.schema import Schema
-from ctrjax.layers import MLP, FeatureEmbedding, LocalActivationUnit, behavior_aligned_item
+from ctrjax.layers import (MLP, FeatureEmbedding, LocalActivationUnit, behavior_aligned_item,
+                           dense_initializer)
 
 
 class Model(nn.Module):
@@ -34,6 +35,7 @@ class Model(nn.Module):
   dropout: float = 0.0
   batch_norm: bool = False
   batch_norm_momentum: float = 0.99       # BatchNorm running-average decay (PyTorch's 0.1 = 0.9)
+  dnn_kernel_init: str = "xavier_normal"  # DNN kernels; 'torch_linear': PyTorch's nn.Linear default
   init_std: float = 0.02
   id_dropout: float = 0.0
 
@@ -54,6 +56,7 @@ class Model(nn.Module):
             query, keys, batch["behavior"]["mask"], train)
     parts = [*emb["user"].values(), *emb["item"].values(), interest, *emb["context"].values()]
     logit = MLP(self.hidden, self.activation, self.dropout, self.batch_norm,
-                batch_norm_momentum=self.batch_norm_momentum, output_dim=1,
+                batch_norm_momentum=self.batch_norm_momentum,
+                kernel_init=dense_initializer(self.dnn_kernel_init), output_dim=1,
                 name="mlp")(jnp.concatenate(parts, axis=-1), train)
     return {"logit": logit[:, 0], "attention": {"din": weights}}

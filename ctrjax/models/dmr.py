@@ -51,7 +51,7 @@ import optax
 from ctrjax.data.schema import Schema
 from ctrjax.layers.attention import masked_softmax
 from ctrjax.layers.embedding import FeatureEmbedding, masked_sum
-from ctrjax.layers.mlp import MLP, PReLU
+from ctrjax.layers.mlp import MLP, PReLU, dense_initializer
 from ctrjax.layers.sequence import AlignedFields, align_fields, reverse_positions, without_fields
 
 _xavier = nn.initializers.xavier_normal()
@@ -88,6 +88,7 @@ class Model(nn.Module):
   dropout: float = 0.0
   batch_norm: bool = False
   batch_norm_momentum: float = 0.99       # BatchNorm running-average decay (PyTorch's 0.1 = 0.9)
+  dnn_kernel_init: str = "xavier_normal"  # DNN kernels; 'torch_linear': PyTorch's nn.Linear default
   init_std: float = 0.02
 
   def __post_init__(self):
@@ -145,7 +146,8 @@ class Model(nn.Module):
       parts += [pooled, candidate * pooled]
     parts += [interest, u2i_relevance[:, None], i2i_relevance[:, None]]
     logit = MLP(self.hidden, self.activation, self.dropout, self.batch_norm,
-                batch_norm_momentum=self.batch_norm_momentum, output_dim=1,
+                batch_norm_momentum=self.batch_norm_momentum,
+                kernel_init=dense_initializer(self.dnn_kernel_init), output_dim=1,
                 name="mlp")(jnp.concatenate(parts, axis=-1), train)
     out = {"logit": logit[:, 0], "attention": {"item_to_item": alpha}}
     if train and self.aux_loss_weight > 0:

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from ctrjax.data.schema import Schema
-from ctrjax.layers import MLP, FeatureEmbedding, pooled_fields
+from ctrjax.layers import FeatureEmbedding, MLP, dense_initializer, pooled_fields
 from ctrjax.layers.interaction import InteractionAggregation
 
 
@@ -32,6 +32,7 @@ class Model(nn.Module):
   dropout: float = 0.0
   batch_norm: bool = False
   batch_norm_momentum: float = 0.99       # BatchNorm running-average decay (PyTorch's 0.1 = 0.9)
+  dnn_kernel_init: str = "xavier_normal"  # DNN kernels; 'torch_linear': PyTorch's nn.Linear default
   feature_selection: bool = True
   fs_hidden: Sequence[int] = (1024, 512)
   fs1_context: Sequence[str] = ()
@@ -50,7 +51,8 @@ class Model(nn.Module):
                                            (self.mlp2_hidden, self.fs2_context)), start=1):
       stream_input = self._select(f"fs{k}", fields, context, x) if self.feature_selection else x
       streams.append(MLP(hidden, self.activation, self.dropout, self.batch_norm,
-                         batch_norm_momentum=self.batch_norm_momentum, name=f"mlp{k}")(
+                         batch_norm_momentum=self.batch_norm_momentum,
+                         kernel_init=dense_initializer(self.dnn_kernel_init), name=f"mlp{k}")(
           stream_input, train))
     return {"logit": InteractionAggregation(self.num_heads, name="fusion")(*streams)}
 

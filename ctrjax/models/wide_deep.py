@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from ctrjax.data.schema import Schema
-from ctrjax.layers import MLP, FeatureEmbedding, pooled_fields
+from ctrjax.layers import FeatureEmbedding, MLP, dense_initializer, pooled_fields
 from ctrjax.layers.interaction import FirstOrder
 
 
@@ -33,6 +33,7 @@ class Model(nn.Module):
   dropout: float = 0.0
   batch_norm: bool = False
   batch_norm_momentum: float = 0.99       # BatchNorm running-average decay (PyTorch's 0.1 = 0.9)
+  dnn_kernel_init: str = "xavier_normal"  # DNN kernels; 'torch_linear': PyTorch's nn.Linear default
   pooling: str = "sum"          # behaviour fields in the deep part: 'sum' (BaseModel) or 'mean'
   init_std: float = 0.02
   wide_cross: Sequence[str] = ("item_id", "hist_item_id")
@@ -52,7 +53,8 @@ class Model(nn.Module):
                            name="embedding")(batch)
     mask = batch["behavior"]["mask"] if emb["behavior"] else None
     deep = MLP(self.hidden, self.activation, self.dropout, self.batch_norm,
-               batch_norm_momentum=self.batch_norm_momentum, output_dim=1, name="mlp")(
+               batch_norm_momentum=self.batch_norm_momentum,
+               kernel_init=dense_initializer(self.dnn_kernel_init), output_dim=1, name="mlp")(
         jnp.concatenate(list(pooled_fields(emb, mask, self.pooling).values()), axis=-1), train)[:, 0]
     wide = FirstOrder(self.schema, name="wide")(batch)
     if self.wide_cross:

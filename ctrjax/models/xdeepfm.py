@@ -14,7 +14,7 @@ from typing import Sequence
 import flax.linen as nn
 
 from ctrjax.data.schema import Schema
-from ctrjax.layers import MLP, FeatureEmbedding
+from ctrjax.layers import FeatureEmbedding, MLP, dense_initializer
 from ctrjax.layers.interaction import CIN, FirstOrder, field_vectors
 
 
@@ -31,6 +31,7 @@ class Model(nn.Module):
   dropout: float = 0.0
   batch_norm: bool = False
   batch_norm_momentum: float = 0.99       # BatchNorm running-average decay (PyTorch's 0.1 = 0.9)
+  dnn_kernel_init: str = "xavier_normal"  # DNN kernels; 'torch_linear': PyTorch's nn.Linear default
   init_std: float = 0.02
 
   @nn.compact
@@ -44,6 +45,7 @@ class Model(nn.Module):
       logit = logit + FirstOrder(self.schema, name="first_order")(batch)
     if self.hidden:
       logit = logit + MLP(self.hidden, self.activation, self.dropout, self.batch_norm,
-                          batch_norm_momentum=self.batch_norm_momentum, output_dim=1,
+                          batch_norm_momentum=self.batch_norm_momentum,
+                          kernel_init=dense_initializer(self.dnn_kernel_init), output_dim=1,
                           name="mlp")(fields.reshape(fields.shape[0], -1), train)[:, 0]
     return {"logit": logit}
