@@ -26,6 +26,7 @@ import numpy as np
 
 from benchmarks.compare_torch import spec
 from ctrjax.data.dataset import Dataset
+from ctrjax.layers.mlp import DENSE_INITIALIZERS
 from data_prep import synthetic
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -206,7 +207,7 @@ def main():
   ap.add_argument("--compile_cache", action="store_true",
                   help=f"ctrjax with a persistent compilation cache ({COMPILE_CACHE.relative_to(REPO)}), "
                   "filled by one untimed run per model first")
-  ap.add_argument("--ctrjax_dnn_kernel_init", choices=("xavier_normal", "torch_linear"),
+  ap.add_argument("--ctrjax_dnn_kernel_init", choices=sorted(DENSE_INITIALIZERS),
                   default="xavier_normal", help="ctrjax's DNN kernel initialiser (torch_linear: the "
                   "torch libraries' nn.Linear default)")
   ap.add_argument("--rechub_deepfm_first_order", choices=("linear", "per_feature"), default="linear",
