@@ -44,7 +44,7 @@ def main():
   path = synthetic.prepare(num_rows=a.rows, num_items=100_000, num_users=20_000)
   c = base_config.get_config()
   c.dataset.name, c.dataset.path, c.batch_size = "path", str(path), a.batch
-  setup = trainer.Setup(c)
+  setup = trainer.Setup(c, path)
   src = setup.source("train", train=True)
 
   it = loader.make_iterator(src, **c.loader)

@@ -20,6 +20,7 @@ import time
 
 import jax
 
+from ctrjax.data import prepare_dataset
 from ctrjax.main import load_config_module
 from ctrjax.train import seeds as seeds_lib
 from ctrjax.train import trainer
@@ -51,12 +52,14 @@ def main():
     for path in a.configs:
       config = _config(path, a.dataset, a.epochs, a.batch_size)
       name = pathlib.Path(path).stem
+      dataset_path = prepare_dataset(config.dataset)
       start = time.perf_counter()
-      separate = [trainer.train_and_evaluate(seeds_lib.seed_config(config, s), tmp / f"{name}_sep{s}")
+      separate = [trainer.train_and_evaluate(seeds_lib.seed_config(config, s), tmp / f"{name}_sep{s}",
+                                             dataset_path)
                   for s in seeds]
       t_separate = time.perf_counter() - start
       start = time.perf_counter()
-      together = seeds_lib.train_seeds(config, seeds, [tmp / f"{name}_par{s}" for s in seeds])
+      together = seeds_lib.train_seeds(config, seeds, [tmp / f"{name}_par{s}" for s in seeds], dataset_path)
       t_together = time.perf_counter() - start
       rows.append({
           "config": path, "seeds": a.seeds, "epochs": a.epochs, "batch_size": config.batch_size,

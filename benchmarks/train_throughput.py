@@ -17,6 +17,7 @@ import time
 import jax
 import numpy as np
 
+from ctrjax.data import prepare_dataset
 from ctrjax.main import load_config_module
 from ctrjax.train import trainer
 
@@ -31,7 +32,7 @@ def _config(path: str, dataset: str, batch: int):
 
 class _Bench:
   def __init__(self, config, warmup=10):
-    self.setup = trainer.Setup(config)
+    self.setup = trainer.Setup(config, prepare_dataset(config.dataset))
     src = self.setup.source("train", train=True)
     self.batches = [self.setup.to_device(src[i]) for i in range(8)]
     self.state = self.setup.init_state(src[0])

@@ -52,7 +52,8 @@ def main(argv):
   if command == "eval":
     if len(argv) != 3:
       raise app.UsageError("usage: eval WORKDIR")
-    out = trainer.evaluate_workdir(argv[2])
+    from experiments.grid import dataset_of
+    out = trainer.evaluate_workdir(argv[2], dataset_of(argv[2]))
     logged = json.loads((pathlib.Path(argv[2]) / "result.json").read_text())["test"]
     for k in ("auc", "gauc", "logloss"):
       if k in out["test"]:
@@ -67,6 +68,8 @@ def main(argv):
   workdir = pathlib.Path(_WORKDIR.value or config.workdir or _default_workdir(config_arg))
   module = load_config_module(config_arg)
   grid = module.get_grid(config_arg.partition(":")[2] or None) if hasattr(module, "get_grid") else None
+  from ctrjax.data import prepare_dataset
+  dataset_path = prepare_dataset(config.dataset)
   if grid is not None:
     from experiments import grid as grid_lib
     results = pathlib.Path("results") / grid.name / config.dataset.name
@@ -74,7 +77,7 @@ def main(argv):
     if grid is None:
       raise app.UsageError(f"report: {config_arg} is not a grid config (it defines no get_grid)")
     try:
-      grid_lib.write_report(grid, workdir, results)
+      grid_lib.write_report(grid, workdir, results, dataset_path)
     except ValueError as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
@@ -84,9 +87,9 @@ def main(argv):
           f"processes {jax.process_count()}", flush=True)
   try:
     if grid is not None:
-      grid_lib.run_grid(config, grid, workdir, results)
+      grid_lib.run_grid(config, grid, workdir, results, dataset_path)
     else:
-      trainer.train_and_evaluate(config, workdir)
+      trainer.train_and_evaluate(config, workdir, dataset_path)
   except trainer.TrainingDiverged as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -22,6 +22,7 @@ import numpy as np
 from ctrjax.layers.interaction import field_names
 from ctrjax.train import step as step_lib
 from ctrjax.train import trainer
+from experiments.grid import dataset_of
 from experiments.plotting import plt, save_figure
 
 MODELS = ("autoint", "feseq")
@@ -36,7 +37,7 @@ def _pair_attention(model_name: str, out: dict, layer: int):
 
 def attention_maps(workdir: str | pathlib.Path, layer: int = 0):
   """(one test sample's [F, F] map, the test-set mean [F, F], field names, the sample's row)."""
-  setup, state, _ = trainer.load_best(workdir)
+  setup, state, _ = trainer.load_best(workdir, dataset_of(workdir))
   name = setup.config.model_name
   if name not in MODELS:
     raise ValueError(f"{workdir}: model {name!r}, expected one of {MODELS}")

@@ -116,6 +116,15 @@ def with_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any],
   return out
 
 
+def dataset_of(workdir: pathlib.Path) -> pathlib.Path:
+  """The prepared dataset of the run in ``workdir`` (from its config.json; prepared if not cached)."""
+  from ctrjax.data import prepare_dataset
+  config_path = pathlib.Path(workdir) / "config.json"
+  if not config_path.is_file():
+    raise FileNotFoundError(f"{workdir}: no config.json (not a ctrjax workdir)")
+  return prepare_dataset(ml_collections.ConfigDict(json.loads(config_path.read_text())["dataset"]))
+
+
 def workdir_of(root: pathlib.Path, variant: str, seed: int) -> pathlib.Path:
   return root / variant / f"seed{seed}"
 
@@ -125,7 +134,7 @@ def runs(grid: Grid, root: pathlib.Path):
 
 
 def run_grid(config: ml_collections.ConfigDict, grid: Grid, root: pathlib.Path,
-             results_dir: pathlib.Path) -> list[dict]:
+             results_dir: pathlib.Path, dataset_path: pathlib.Path) -> list[dict]:
   """Trains every (variant, seed) not finished yet, then writes the table and figures. With
   ``config.seeds_in_parallel`` a variant's unfinished seeds train together (ctrjax/train/seeds.py).
 
@@ -135,20 +144,21 @@ def run_grid(config: ml_collections.ConfigDict, grid: Grid, root: pathlib.Path,
   from ctrjax.train import trainer
   root, results_dir = pathlib.Path(root), pathlib.Path(results_dir)
   if config.seeds_in_parallel:
-    return _run_grid_seeds_in_parallel(config, grid, root, results_dir)
+    return _run_grid_seeds_in_parallel(config, grid, root, results_dir, dataset_path)
   todo = runs(grid, root)
   jobs = []
   for i, (variant, seed, workdir) in enumerate(todo, 1):
     def train(variant=variant, seed=seed, workdir=workdir):
-      trainer.train_and_evaluate(with_overrides(config, grid.variants[variant], seed), workdir)
+      trainer.train_and_evaluate(with_overrides(config, grid.variants[variant], seed), workdir, dataset_path)
     jobs.append(_Job(f"[{i}/{len(todo)}] {variant} seed {seed}", root / variant / f".seed{seed}.lock",
                      lambda w=workdir: (w / "result.json").is_file(), lambda w=workdir: f"running in {w}",
                      train))
   _work_through(jobs)
-  return _report(grid, root, results_dir)
+  return _report(grid, root, results_dir, dataset_path)
 
 
-def _run_grid_seeds_in_parallel(config, grid: Grid, root: pathlib.Path, results_dir: pathlib.Path):
+def _run_grid_seeds_in_parallel(config, grid: Grid, root: pathlib.Path, results_dir: pathlib.Path,
+                                dataset_path: pathlib.Path):
   from ctrjax.train import seeds as seeds_lib
   jobs = []
   for i, variant in enumerate(grid.variants, 1):
@@ -158,13 +168,13 @@ def _run_grid_seeds_in_parallel(config, grid: Grid, root: pathlib.Path, results_
     def train(variant=variant, workdirs=workdirs, pending=pending):
       todo = pending()
       seeds_lib.train_seeds(with_overrides(config, grid.variants[variant], todo[0]), todo,
-                            [workdirs[s] for s in todo])
+                            [workdirs[s] for s in todo], dataset_path)
     jobs.append(_Job(f"[{i}/{len(grid.variants)}] {variant}", root / f".{variant}.lock",
                      lambda pending=pending: not pending(),
                      lambda v=variant, pending=pending: f"seeds {pending()} in one program under {root / v}",
                      train))
   _work_through(jobs)
-  return _report(grid, root, results_dir)
+  return _report(grid, root, results_dir, dataset_path)
 
 
 class _Job(NamedTuple):
@@ -214,9 +224,9 @@ def _work_through(jobs: list[_Job]) -> None:
         durations.append(time.time() - start)
 
 
-def _report(grid: Grid, root: pathlib.Path, results_dir: pathlib.Path) -> list[dict]:
+def _report(grid: Grid, root: pathlib.Path, results_dir: pathlib.Path, dataset_path) -> list[dict]:
   with _lock(root / ".report.lock", wait=True):     # workers finishing together write it in turn
-    return write_report(grid, root, results_dir)
+    return write_report(grid, root, results_dir, dataset_path)
 
 
 def _load_run(workdir: pathlib.Path) -> dict:
@@ -295,7 +305,8 @@ def _markdown(grid: Grid, rows: list[dict], title: str) -> str:
   return "\n".join(lines)
 
 
-def write_report(grid: Grid, root: pathlib.Path, results_dir: pathlib.Path) -> list[dict]:
+def write_report(grid: Grid, root: pathlib.Path, results_dir: pathlib.Path,
+                 dataset_path: pathlib.Path) -> list[dict]:
   """Tables and figures of the finished variants (all of them once the grid has run; any time
   before that with ``./run.sh report CONFIG[:ARG]``, which lists the unfinished ones)."""
   results = _load(grid, root)
@@ -315,7 +326,8 @@ def write_report(grid: Grid, root: pathlib.Path, results_dir: pathlib.Path) -> l
     _plot_curves(grid, results, results_dir / "curves.png", title)
   if grid.attention and grid.attention[0] in results:
     variant, key, labels = grid.attention
-    _plot_attention(workdir_of(root, variant, grid.seeds[0]), key, labels, results_dir / "attention.png",
+    _plot_attention(workdir_of(root, variant, grid.seeds[0]), key, dataset_path, labels,
+                    results_dir / "attention.png",
                     f"{key.upper()} attention, {variant}, seed {grid.seeds[0]}: 14 random test samples")
   print(f"wrote {results_dir}/table.md, table.csv and figures", flush=True)
   return rows
@@ -364,13 +376,14 @@ def _plot_curves(grid: Grid, results: dict[str, list[dict]], path: pathlib.Path,
   save_figure(fig, path)
 
 
-def attention_weights(workdir: pathlib.Path, key: str, num_samples: int = 14, seed: int = 0):
+def attention_weights(workdir: pathlib.Path, key: str, dataset_path: pathlib.Path, num_samples: int = 14,
+                      seed: int = 0):
   """The best checkpoint's ``attention[key]`` weights for ``num_samples`` random test rows."""
   import jax
   from ctrjax.data import loader
   from ctrjax.train import step as step_lib
   from ctrjax.train import trainer
-  setup, state, _ = trainer.load_best(workdir)
+  setup, state, _ = trainer.load_best(workdir, dataset_path)
   rows = np.sort(np.random.default_rng(seed).choice(setup.dataset.num_rows("test"), num_samples, replace=False))
   batch = setup.layout.unpack(setup.layout.pack(
       loader.gather(setup.dataset, "test", rows, np.ones(num_samples, np.float32))))
@@ -381,8 +394,8 @@ def attention_weights(workdir: pathlib.Path, key: str, num_samples: int = 14, se
   return np.asarray(jax.device_get(out["attention"][key])), rows
 
 
-def _plot_attention(workdir, key, labels, path, title):
-  weights, rows = attention_weights(workdir, key)
+def _plot_attention(workdir, key, dataset_path, labels, path, title):
+  weights, rows = attention_weights(workdir, key, dataset_path)
   fig, ax = plt.subplots(figsize=(1.1 * weights.shape[1] + 2.5, 0.42 * weights.shape[0] + 1.8))
   im = ax.imshow(weights, cmap="viridis", aspect="auto", vmin=0.0)
   ax.set_xticks(range(weights.shape[1]), labels[:weights.shape[1]], rotation=30, ha="right")

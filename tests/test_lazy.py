@@ -281,7 +281,7 @@ def test_fused_penalty_equals_the_regularizer_on_the_dense_tables(mode, size):
 
 def test_lazy_adam_trains_in_the_trainer_and_the_dense_tables_have_no_optax_state(dataset):
   setup = trainer.Setup(_config(dataset, **{"optimizer.embeddings": "lazy_adam", "regularizer.mode": "mba",
-                                            "regularizer.weight": 1e-4}))
+                                            "regularizer.weight": 1e-4}), dataset)
   src = setup.source("train", train=True)
   state = setup.init_state(src[0])
   optax_leaves = {p[-1] for p in traverse_util.flatten_dict(state.opt_state.inner_state[0].mu)}
@@ -314,7 +314,7 @@ def test_kill_minus_9_and_resume_is_exact_with_lazy_embeddings(dataset, tmp_path
 ])
 def test_bad_embedding_optimizer_settings_name_the_field(dataset, overrides, message):
   with pytest.raises(ValueError) as e:
-    trainer.Setup(_config(dataset, **overrides))
+    trainer.Setup(_config(dataset, **overrides), dataset)
   assert message in str(e.value)
 
 

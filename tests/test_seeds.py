@@ -28,9 +28,9 @@ def both(dataset, tmp_path_factory):  # noqa: F811
   root = tmp_path_factory.mktemp("seeds")
   config = _config(dataset, num_epochs=6, num_devices=1, lr_decay_on_plateau=0.5, **{
       "optimizer.learning_rate": 0.01, "early_stopping.patience": 2})
-  separate = [trainer.train_and_evaluate(seeds_lib.seed_config(config, s), root / f"separate{s}")
+  separate = [trainer.train_and_evaluate(seeds_lib.seed_config(config, s), root / f"separate{s}", dataset)
               for s in SEEDS]
-  together = seeds_lib.train_seeds(config, SEEDS, [root / f"together{s}" for s in SEEDS])
+  together = seeds_lib.train_seeds(config, SEEDS, [root / f"together{s}" for s in SEEDS], dataset)
   return root, separate, together
 
 
@@ -54,7 +54,7 @@ def test_k_seeds_in_one_program_equal_k_separate_runs(both):
 
 def test_vmapped_steps_equal_separate_steps(dataset):  # noqa: F811
   """The step itself: 20 vmapped steps (dropout on) = 20 steps per seed, to float tolerance."""
-  setup = trainer.Setup(_config(dataset, num_devices=1))
+  setup = trainer.Setup(_config(dataset, num_devices=1), dataset)
   sources = [setup.source("train", train=True, seed=s) for s in SEEDS]
   states = [setup.init_state(sources[0][0], seed=s) for s in SEEDS]
   rngs = [jax.random.PRNGKey(s) for s in SEEDS]
@@ -74,10 +74,10 @@ def test_seeds_are_different_models(both):
   assert len({round(r["test"]["auc"], 6) for r in together}) == len(SEEDS)
 
 
-def test_each_seed_workdir_reloads_like_a_separate_run(both):
+def test_each_seed_workdir_reloads_like_a_separate_run(both, dataset):  # noqa: F811
   root, _, together = both
   for s, group in zip(SEEDS, together):
-    out = trainer.evaluate_workdir(root / f"together{s}")
+    out = trainer.evaluate_workdir(root / f"together{s}", dataset)
     assert out["best_epoch"] == group["best_epoch"]
     np.testing.assert_allclose(out["test"]["auc"], group["test"]["auc"], atol=1e-6)
     np.testing.assert_allclose(out["test"]["logloss"], group["test"]["logloss"], atol=1e-6)
@@ -86,4 +86,4 @@ def test_each_seed_workdir_reloads_like_a_separate_run(both):
 def test_lazy_embeddings_are_refused_by_name(dataset, tmp_path):  # noqa: F811
   config = _config(dataset, **{"optimizer.embeddings": "lazy_adam"})
   with pytest.raises(ValueError, match="optimizer.embeddings='dense'"):
-    seeds_lib.train_seeds(config, (0, 1), [tmp_path / "a", tmp_path / "b"])
+    seeds_lib.train_seeds(config, (0, 1), [tmp_path / "a", tmp_path / "b"], dataset)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from configs import base as base_config
+from ctrjax.data import prepare_dataset
 from ctrjax.train import step as step_lib
 from ctrjax.train import trainer
 from data_prep import synthetic
@@ -43,7 +44,7 @@ def _config(dataset, **overrides) -> ml_collections.ConfigDict:
 
 
 def test_train_step_compiles_once(dataset):
-  setup = trainer.Setup(_config(dataset))
+  setup = trainer.Setup(_config(dataset), dataset)
   src = setup.source("train", train=True)
   state = setup.init_state(src[0])
   traced = chex.assert_max_traces(
@@ -57,7 +58,7 @@ def test_train_step_compiles_once(dataset):
 
 
 def _trajectory(dataset, num_devices, steps=12):
-  setup = trainer.Setup(_config(dataset, num_devices=num_devices))
+  setup = trainer.Setup(_config(dataset, num_devices=num_devices), dataset)
   assert setup.mesh.size == num_devices
   src = setup.source("train", train=True)
   state = setup.init_state(src[0])
@@ -130,9 +131,9 @@ def test_resume_refuses_a_different_config(dataset, uninterrupted, tmp_path):
   assert proc.returncode != 0 and "different config (differs in ['optimizer'])" in proc.stderr
 
 
-def test_eval_from_checkpoint_reproduces_logged_test_metrics(uninterrupted):
+def test_eval_from_checkpoint_reproduces_logged_test_metrics(uninterrupted, dataset):
   logged = json.loads((uninterrupted / "result.json").read_text())
-  out = trainer.evaluate_workdir(uninterrupted)
+  out = trainer.evaluate_workdir(uninterrupted, dataset)
   assert out["best_step"] == logged["best_step"]
   for split in ("valid", "test"):
     for k in ("auc", "gauc", "logloss"):
@@ -156,7 +157,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(datas
 
   monkeypatch.setattr(step_lib, "train_step", poisoned)
   with pytest.raises(trainer.TrainingDiverged) as e:
-    trainer.train_and_evaluate(_config(dataset), tmp_path / "nan")
+    trainer.train_and_evaluate(_config(dataset), tmp_path / "nan", dataset)
   msg = str(e.value)
   assert "at step 33" in msg and "'step': 32" in msg and "(step 25)" in msg
   assert sorted(p.name for p in (tmp_path / "nan" / "checkpoints").iterdir() if p.name.isdigit()) == ["25"]
@@ -207,15 +208,16 @@ def test_two_processes_train_the_same_model_as_one(dataset, tmp_path):
 ])
 def test_bad_config_values_fail_fast_naming_the_field(dataset, field, value, message):
   config = _config(dataset, **{field: value})
-  if field == "dataset.name":
-    config.dataset.path = ""
   with pytest.raises(ValueError) as e:
-    trainer.Setup(config)
+    if field == "dataset.name":
+      config.dataset.path = ""
+      prepare_dataset(config.dataset)
+    trainer.Setup(config, dataset)
   assert message in str(e.value)
 
 
 def test_learning_rate_lives_in_the_optimizer_state_and_clipping_applies(dataset):
-  setup = trainer.Setup(_config(dataset))
+  setup = trainer.Setup(_config(dataset), dataset)
   src = setup.source("train", train=True)
   batch = setup.to_device(src[0])
   state = step_lib.with_learning_rate(setup.init_state(src[0]), 0.0)
@@ -244,7 +246,7 @@ def test_gradient_clipping_rescales_to_the_clip_norm():
 def test_lr_decays_after_each_non_improving_epoch_and_early_stopping_ends_the_run(dataset, tmp_path):
   config = _config(dataset, num_epochs=6, lr_decay_on_plateau=0.5, **{
       "optimizer.learning_rate": 0.01, "early_stopping.patience": 2})
-  result = trainer.train_and_evaluate(config, tmp_path / "plateau")
+  result = trainer.train_and_evaluate(config, tmp_path / "plateau", dataset)
   history = _metrics(tmp_path / "plateau")
   aucs = [h["valid_auc"] for h in history]
   improved = [i == 0 or aucs[i] > max(aucs[:i]) for i in range(len(aucs))]
@@ -262,12 +264,12 @@ def test_lr_decays_after_each_non_improving_epoch_and_early_stopping_ends_the_ru
 def test_model_fields_that_do_not_fit_the_model_are_named(dataset):
   config = _config(dataset, model_name="lr")                    # base_model's fields, LR's class
   with pytest.raises(ValueError, match=r"config.model does not fit model 'lr'.*unexpected keyword argument"):
-    trainer.Setup(config)
+    trainer.Setup(config, dataset)
 
 
 @pytest.mark.parametrize("mode,untouched_rows_move", [("touched", False), ("mba", False), ("full_table", True)])
 def test_regularizer_in_the_step_touches_only_batch_rows(dataset, mode, untouched_rows_move):
-  setup = trainer.Setup(_config(dataset, **{"regularizer.mode": mode, "regularizer.weight": 0.1}))
+  setup = trainer.Setup(_config(dataset, **{"regularizer.mode": mode, "regularizer.weight": 0.1}), dataset)
   src = setup.source("train", train=True)
   state = setup.init_state(src[0])
   table0 = np.asarray(jax.device_get(state.params["embedding"]["item_id"]))
@@ -290,4 +292,4 @@ def test_undefined_early_stopping_metric_is_a_clear_error(dataset, tmp_path, mon
                       lambda self, state, split: {**real_evaluate(self, state, split), "gauc": float("nan")})
   config = _config(dataset, **{"early_stopping.metric": "gauc"})
   with pytest.raises(ValueError, match=r"valid gauc is nan after epoch 1.*dataset.holdout >= 2"):
-    trainer.train_and_evaluate(config, tmp_path / "nan_gauc")
+    trainer.train_and_evaluate(config, tmp_path / "nan_gauc", dataset)

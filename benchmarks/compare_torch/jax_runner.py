@@ -70,7 +70,8 @@ def main():
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
   t_start = time.perf_counter()
-  setup = trainer.Setup(config(a.model, a.dataset, a.epochs, a.seed, a.batch_norm, a.dnn_kernel_init))
+  run_config = config(a.model, a.dataset, a.epochs, a.seed, a.batch_norm, a.dnn_kernel_init)
+  setup = trainer.Setup(run_config, run_config.dataset.path)
   src = setup.source("train", train=True)
   steps = src.batches_per_epoch * a.epochs
   batches = setup.batches(src)

@@ -59,7 +59,7 @@ def _slice(tree, k: int):
 
 
 def train_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
-                workdirs: Sequence[str | pathlib.Path]) -> list[dict]:
+                workdirs: Sequence[str | pathlib.Path], dataset_path: str | pathlib.Path) -> list[dict]:
   """Trains ``config`` once per seed, all seeds in one vmapped step on one device; seed ``seeds[k]``
   writes ``workdirs[k]``. Returns the K result dicts (as ``train_and_evaluate`` returns one)."""
   if len(seeds) != len(workdirs) or not seeds:
@@ -73,7 +73,7 @@ def train_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
   workdirs = [pathlib.Path(w) for w in workdirs]
   single = ml_collections.ConfigDict(config.to_dict())
   single.num_devices = 1
-  setup = trainer.Setup(single)
+  setup = trainer.Setup(single, dataset_path)
   es, num_seeds = config.early_stopping, len(seeds)
   configs = [seed_config(config, s).to_dict() for s in seeds]
   for workdir, cfg in zip(workdirs, configs):

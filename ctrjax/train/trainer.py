@@ -1,4 +1,4 @@
-"""``train_and_evaluate(config, workdir)``: the epoch loop around the pure train step.
+"""``train_and_evaluate(config, workdir, dataset_path)``: the epoch loop around the pure train step.
 
 Read top to bottom: set up -> data -> model & optimizer -> resume -> train loop (evaluate on
 validation every epoch, early stopping, optional LR decay on plateau) -> reload the best
@@ -23,7 +23,7 @@ import tqdm
 from tensorboardX import SummaryWriter
 
 from ctrjax import metrics as metrics_lib
-from ctrjax.data import loader, prepare_dataset
+from ctrjax.data import loader
 from ctrjax.data.dataset import Dataset
 from ctrjax.data.filter import IdFrequencyFilter
 from ctrjax.data.packing import BatchLayout
@@ -87,12 +87,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 
 class Setup:
-  """Everything a run and a later re-evaluation share: dataset, mesh, model, steps."""
+  """Everything a run and a later re-evaluation share: dataset, mesh, model, steps. The dataset is
+  a prepared directory (the CLI prepares it from ``config.dataset``; the library never does)."""
 
-  def __init__(self, config: ml_collections.ConfigDict):
+  def __init__(self, config: ml_collections.ConfigDict, dataset_path: str | os.PathLike):
     validate_config(config)
     self.config = config
-    self.dataset_path = prepare_dataset(config.dataset)
+    self.dataset_path = pathlib.Path(dataset_path)
     self.dataset = Dataset(self.dataset_path, validate=config.dataset.validate)
     meta = [f.name for f in self.dataset.schema.group("meta")]
     if config.gauc_group and config.gauc_group not in meta:
@@ -181,11 +182,12 @@ def early_stopping_update(progress: dict, value: float, es: ml_collections.Confi
   return improved
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
+                       dataset_path: str | os.PathLike) -> dict:
   workdir = pathlib.Path(workdir)
   main = _is_main()
   # --- Set up ---------------------------------------------------------------------------------
-  setup = Setup(config)
+  setup = Setup(config, dataset_path)
   cfg_dict = config.to_dict()
   if main:
     workdir.mkdir(parents=True, exist_ok=True)
@@ -340,13 +342,14 @@ def without_embeddings(params: dict) -> dict:
           for k, v in params.items() if k != "embedding"}
 
 
-def load_best(workdir: str | os.PathLike):
-  """(setup, train state, progress) of the best checkpoint of a run's workdir."""
+def load_best(workdir: str | os.PathLike, dataset_path: str | os.PathLike):
+  """(setup, train state, progress) of the best checkpoint of a run's workdir, on the prepared
+  dataset at ``dataset_path``."""
   workdir = pathlib.Path(workdir)
   if not (workdir / "config.json").is_file():
     raise FileNotFoundError(f"{workdir}: no config.json (not a ctrjax workdir)")
   config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
-  setup = Setup(config)
+  setup = Setup(config, dataset_path)
   ckpt = Checkpointer(workdir / "checkpoints", config.early_stopping.metric, config.early_stopping.mode)
   best = ckpt.best_step()
   if best is None:
@@ -356,8 +359,8 @@ def load_best(workdir: str | os.PathLike):
   return setup, state, {**progress, "best_step": best}
 
 
-def evaluate_workdir(workdir: str | os.PathLike) -> dict:
+def evaluate_workdir(workdir: str | os.PathLike, dataset_path: str | os.PathLike) -> dict:
   """Reloads the best checkpoint of a finished run and re-evaluates test (and valid)."""
-  setup, state, progress = load_best(workdir)
+  setup, state, progress = load_best(workdir, dataset_path)
   return {"best_step": progress["best_step"], "best_epoch": progress["best_epoch"],
           "valid": setup.evaluate(state, "valid"), "test": setup.evaluate(state, "test")}
