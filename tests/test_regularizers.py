@@ -79,7 +79,7 @@ def _brute_force(mode, tables, batch, counts):
     rows = {"none": [], "full_table": range(1, v)}.get(mode, _present(batch, t))
     for j in rows:
       total += np.sum(w[j] ** 2) / (max(counts[t][j], 1) if mode == "mba" else 1)
-  return LAM * total
+  return LAM / 2 * total   # the paper's convention: lambda/2 * sum, so the gradient is lambda * w_j / n_j
 
 
 class RegularizerTest(chex.TestCase, parameterized.TestCase):
@@ -100,7 +100,7 @@ class RegularizerTest(chex.TestCase, parameterized.TestCase):
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.parameters("mba", "touched", "full_table")
   def test_gradient_support(self, mode):
-    """mba/touched: exactly 0 off the batch's ids, 2*lam*w_j/n_j on them; never on padding."""
+    """mba/touched: exactly 0 off the batch's ids, lam*w_j/n_j on them (DIN eq. 7); never on padding."""
     counts, tables, batch = _counts(), _tables(), _batch()
     reg = EmbeddingRegularizer.build(SCHEMA, counts, mode, LAM)
     grads = self.variant(jax.grad(reg.penalty))(tables, batch, reg.row_weights())
@@ -111,7 +111,7 @@ class RegularizerTest(chex.TestCase, parameterized.TestCase):
       assert not on[0] and np.all(g[0] == 0), t
       assert np.all(g[~on] == 0), (t, np.flatnonzero(np.any(g[~on] != 0, axis=1)))
       scale = 1 / np.maximum(counts[t], 1) if mode == "mba" else np.ones(v)
-      np.testing.assert_allclose(g[on], 2 * LAM * scale[on, None] * w[on], rtol=1e-5)
+      np.testing.assert_allclose(g[on], LAM * scale[on, None] * w[on], rtol=1e-5)
       assert np.all(np.any(g[on] != 0, axis=1)), t
 
   @parameterized.parameters("mba", "touched", "full_table")
@@ -128,7 +128,7 @@ class RegularizerTest(chex.TestCase, parameterized.TestCase):
     """OOV (1) and an id unseen in training get weight 1; an id seen 4 times 1/4."""
     counts, tables = _counts(), _tables()
     counts["item_id"][[7, 9]] = [0, 4]
-    reg = EmbeddingRegularizer.build(SCHEMA, counts, "mba", 1.0)
+    reg = EmbeddingRegularizer.build(SCHEMA, counts, "mba", 1.0, weight_convention="no_half")
     rw = reg.row_weights()
     np.testing.assert_array_equal(np.asarray(rw["item_id"])[[0, 1, 7, 9]], [0, 1, 1, 0.25])
     w = np.asarray(tables["item_id"])
@@ -177,6 +177,7 @@ class RegularizerTest(chex.TestCase, parameterized.TestCase):
     (dict(mode="mbaa"), r"config\.regularizer\.mode='mbaa'"),
     (dict(weight=-0.1), r"config\.regularizer\.weight=-0\.1"),
     (dict(weight=float("nan")), r"config\.regularizer\.weight=nan"),
+    (dict(weight_convention="half"), r"config\.regularizer\.weight_convention='half'"),
     (dict(counts={"genre": np.ones(V_GENRE), "user_id": np.ones(V_USER)}),
      r"table 'item_id' \(fields \['item_id', 'bundle', 'hist_item_id'\]\): missing"),
     (dict(counts={**_counts(), "genre": np.ones(V_GENRE - 1)}),
@@ -187,3 +188,13 @@ def test_build_errors_name_the_culprit(kwargs, match):
   args = dict(counts=_counts(), mode="mba", weight=LAM) | kwargs
   with pytest.raises(ValueError, match=match):
     EmbeddingRegularizer.build(SCHEMA, **args)
+
+
+@pytest.mark.parametrize("mode", ["mba", "touched", "full_table"])
+def test_no_half_convention_is_twice_the_paper_penalty(mode):
+  """'no_half' (ctrjax before December 2026) penalises lambda * sum, the paper's lambda/2 * sum."""
+  counts, tables, batch = _counts(), _tables(), _batch()
+  paper = EmbeddingRegularizer.build(SCHEMA, counts, mode, LAM)
+  no_half = EmbeddingRegularizer.build(SCHEMA, counts, mode, LAM, weight_convention="no_half")
+  np.testing.assert_allclose(no_half.penalty(tables, batch, no_half.row_weights()),
+                             2 * paper.penalty(tables, batch, paper.row_weights()), rtol=1e-6)

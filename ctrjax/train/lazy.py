@@ -166,7 +166,7 @@ class LazyEmbeddings:
     for t in self.schema.tables:
       factor = _take(row_weights[t], compact.index[t]) * compact.touched[t]
       total += jnp.sum(factor * jnp.sum(jnp.square(rows["embedding", t]), axis=-1))
-    return regularizer.weight * total
+    return regularizer.coefficient * total
 
   def update(self, tables: dict[ParamPath, jax.Array], opt_state: dict, compact: Compact,
              rows: dict[ParamPath, jax.Array], grads: dict[ParamPath, jax.Array],

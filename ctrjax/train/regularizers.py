@@ -1,20 +1,25 @@
 """L2 regularisers on embedding tables, added to the loss inside the jitted train step.
 
-For a batch m, with lambda = ``config.regularizer.weight`` used as given (no 1/2 factor):
+For a batch m, with lambda = ``config.regularizer.weight`` and c the coefficient its
+``config.regularizer.weight_convention`` gives (``paper``: c = lambda / 2; ``no_half``: c = lambda):
 
-  mba         lambda * sum_tables sum_{j in P_m} ||w_j||^2 / max(n_j, 1)   (DIN paper eq. 6)
-  touched     lambda * sum_tables sum_{j in P_m} ||w_j||^2
-  full_table  lambda * sum_tables sum_{j >= 1}   ||w_j||^2    (FuxiCTR/DeepCTR style, for comparison)
+  mba         c * sum_tables sum_{j in P_m} ||w_j||^2 / max(n_j, 1)   (DIN paper eq. 6)
+  touched     c * sum_tables sum_{j in P_m} ||w_j||^2
+  full_table  c * sum_tables sum_{j >= 1}   ||w_j||^2    (FuxiCTR/DeepCTR style, for comparison)
   none        0
+
+With ``paper`` (the default) the mba gradient on a present row is lambda * w_j / max(n_j, 1), DIN
+eq. 7's update, so the papers' lambda (DIN 0.01, MIAN 1e-3) means what they say. ``no_half`` is the
+convention ctrjax used before December 2026 (gradient 2 * lambda * w_j / n_j); the results produced
+then name it in their commands.
 
 P_m is the set of ids present in the batch: every id >= 1 occurring anywhere in any field that
 uses the table (candidate, behaviour positions, values of multi-valued fields), counted once
 however often it occurs (alpha_mj in {0, 1}). n_j is the id's number of occurrences in the training
 split, candidate and behaviour occurrences of a shared table together (``Dataset.counts``). Ids
 never seen there (OOV id 1, ids only in valid/test) have n_j = 0 and use n_j = 1: full weight, as
-for the rarest training id. Padding id 0 is never penalised. For mba the gradient on a present
-row is 2*lambda*w_j / max(n_j, 1), i.e. eq. 7 with the paper's lambda = 2*lambda here; for
-mba/touched it is exactly zero on every row absent from the batch.
+for the rarest training id. Padding id 0 is never penalised. For mba/touched the gradient is
+exactly zero on every row absent from the batch.
 
 mba/touched find P_m with a fixed-size ``jnp.unique`` over the table's N id slots in the batch
 (N static) and gather only those rows, so their cost scales with the batch, not with the table;
@@ -33,25 +38,30 @@ import numpy as np
 from ctrjax.data.schema import PAD_ID, Schema
 
 MODES = ("none", "mba", "touched", "full_table")
+WEIGHT_CONVENTIONS = {"paper": 0.5, "no_half": 1.0}   # penalty coefficient = lambda x this
 
 
 @dataclasses.dataclass(frozen=True)
 class EmbeddingRegularizer:
   """The penalty of ``mode`` (see the module docstring); make one with ``build``."""
   mode: str
-  weight: float
+  weight: float                                                       # lambda, as configured
+  coefficient: float                                                  # c, multiplying the sums
   sources: tuple[tuple[str, int, tuple[tuple[str, str], ...]], ...]  # (table, rows, ((group, field), ...))
   factors: dict[str, np.ndarray]                                      # host copy of row_weights()
 
   @classmethod
-  def build(cls, schema: Schema, counts: dict[str, np.ndarray], mode: str,
-            weight: float) -> "EmbeddingRegularizer":
+  def build(cls, schema: Schema, counts: dict[str, np.ndarray], mode: str, weight: float,
+            weight_convention: str = "paper") -> "EmbeddingRegularizer":
     """Validates the settings (errors name the config field or table) and precomputes row weights;
     ``counts`` (table -> int[V] training-split occurrences) is only read for mba."""
     if mode not in MODES:
       raise ValueError(f"config.regularizer.mode={mode!r}: expected one of {MODES}")
     if not weight >= 0:  # also rejects NaN
       raise ValueError(f"config.regularizer.weight={weight!r}: expected >= 0")
+    if weight_convention not in WEIGHT_CONVENTIONS:
+      raise ValueError(f"config.regularizer.weight_convention={weight_convention!r}: expected one of "
+                       f"{tuple(WEIGHT_CONVENTIONS)}")
     fields: dict[str, list[tuple[str, str]]] = {}
     for f in schema.fields:
       if f.has_ids:
@@ -60,7 +70,7 @@ class EmbeddingRegularizer:
         t: _row_factors(t, rows, counts, mode, [n for _, n in fields[t]])
         for t, rows in schema.tables.items()}
     sources = tuple((t, rows, tuple(fields[t])) for t, rows in schema.tables.items())
-    return cls(mode, float(weight), sources, factors)
+    return cls(mode, float(weight), float(weight) * WEIGHT_CONVENTIONS[weight_convention], sources, factors)
 
   def row_weights(self) -> dict[str, jax.Array]:
     """Table -> float32[V] per-row factor (0 at padding); {} for mode none."""
@@ -91,7 +101,7 @@ class EmbeddingRegularizer:
       w_present = jnp.take(w, present, axis=0, mode="fill", fill_value=0)
       c_present = jnp.take(c, present, axis=0, mode="fill", fill_value=0)
       total += jnp.sum(c_present * jnp.sum(jnp.square(w_present), axis=-1))
-    return self.weight * total
+    return self.coefficient * total
 
 
 def _row_factors(table: str, rows: int, counts: dict[str, np.ndarray], mode: str,
