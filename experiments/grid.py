@@ -1,7 +1,7 @@
 """Grid runner: every variant × seed of a config, then a table and figures.
 
-A config file becomes a grid by defining ``get_grid(arg) -> Grid`` next to ``get_config(arg)``;
-``./run.sh configs/ablation_mian.py[:arg]`` then runs the whole grid. Each run has its own workdir
+A config file becomes a grid by defining ``get_grid(arg) -> Grid`` (configs/common.py) next to
+``get_config(arg)``; ``./run.sh configs/ablation_mian.py[:arg]`` then runs the whole grid. Each run has its own workdir
 ``<root>/<variant>/seed<k>``: a run with a ``result.json`` is skipped, an interrupted one resumes
 from its checkpoint, so a killed grid rerun ends with the same table as an uninterrupted one.
 
@@ -22,7 +22,6 @@ attention weights over 14 random test samples) where the grid asks for them.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import fcntl
 import json
 import pathlib
@@ -33,73 +32,10 @@ import ml_collections
 import numpy as np
 from scipy import stats
 
+from configs.common import Grid
 from experiments.plotting import plt, save_figure
 
 METRICS = ("auc", "gauc", "logloss")
-
-
-@dataclasses.dataclass(frozen=True)
-class Grid:
-  name: str                                        # results/<name>/...
-  variants: dict[str, dict[str, Any]]              # variant -> {"dotted.config.key": value}
-  seeds: tuple[int, ...]
-  reference: str                                   # Δ, p-value and RelaImpr are against this variant
-  sections: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)  # table parts
-  curves: tuple[str, ...] = ()                     # variants whose validation curves are plotted
-  attention: tuple[str, str, tuple[str, ...]] | None = None  # (variant, attention key, token labels)
-  relaimpr_metric: str = "auc"                     # RelaImpr on test AUC, or on GAUC (the DIN paper's)
-
-  def __post_init__(self):
-    if self.reference not in self.variants:
-      raise ValueError(f"grid {self.name!r}: reference {self.reference!r} is not a variant")
-    named = [v for vs in self.sections.values() for v in vs] + list(self.curves)
-    named += [self.attention[0]] if self.attention else []
-    unknown = sorted(set(named) - set(self.variants))
-    if unknown:
-      raise ValueError(f"grid {self.name!r}: sections/curves/attention name unknown variants {unknown}")
-    if self.relaimpr_metric not in ("auc", "gauc"):
-      raise ValueError(f"grid {self.name!r}: relaimpr_metric={self.relaimpr_metric!r}; 'auc' or 'gauc'")
-
-
-FULL_SEEDS = (0, 1, 2, 3, 4)
-PROTOCOLS = {"quick": ((0, 1), 1),       # a smoke run: 2 seeds, 1 epoch
-             "short": ((0, 1, 2), 3)}    # a grid too heavy for a small CPU: 3 seeds, at most 3 epochs
-
-
-def parse_arg(arg: str | None, config_file: str, datasets: tuple[str, ...]) -> dict:
-  """A grid config's argument, comma-separated: at most one of PROTOCOLS ('quick', 'short'), and/or
-  'dataset=NAME' -> dict."""
-  out = {"protocol": None, "dataset": datasets[0]}
-  for token in filter(None, (arg or "").split(",")):
-    key, sep, value = token.partition("=")
-    if not sep and key in PROTOCOLS:
-      if out["protocol"]:
-        raise ValueError(f"{config_file}: {out['protocol']!r} and {key!r} are two protocols; pick one")
-      out["protocol"] = key
-    elif key == "dataset" and value in datasets:
-      out["dataset"] = value
-    else:
-      raise ValueError(f"{config_file}: bad argument {token!r}; use one of {tuple(PROTOCOLS)}, and/or "
-                       f"'dataset=' one of {datasets}")
-  return out
-
-
-def apply_grid_arg(config: ml_collections.ConfigDict, a: dict) -> ml_collections.ConfigDict:
-  """A grid's run config from its parsed argument: the dataset, the protocol's epoch cap (early
-  stopping still picks the best epoch), one progress line per run instead of a bar."""
-  config.dataset.name = a["dataset"]
-  if a["protocol"]:
-    config.num_epochs = PROTOCOLS[a["protocol"]][1]
-  config.progress_bar = False
-  return config
-
-
-def grid_identity(name: str, a: dict) -> dict:
-  """Grid name and seeds from the parsed argument: a protocol's seeds under ``<name>_<protocol>``,
-  else FULL_SEEDS under ``<name>``."""
-  if a["protocol"]:
-    return {"name": f"{name}_{a['protocol']}", "seeds": PROTOCOLS[a["protocol"]][0]}
-  return {"name": name, "seeds": FULL_SEEDS}
 
 
 def with_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any], seed: int):
