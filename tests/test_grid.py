@@ -14,6 +14,7 @@ from scipy import stats
 from configs import common
 from data_prep import synthetic
 from experiments import grid as grid_lib
+from experiments import runner
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -144,7 +145,7 @@ def test_two_workers_share_a_grid_and_train_each_run_once(grid_config, finished_
 
 def test_a_run_held_by_a_dead_worker_is_taken_over_at_the_end(grid_config, finished_grid, tmp_path):
   root = tmp_path / "runs"
-  held = grid_lib._lock(root / "sum" / ".seed1.lock", wait=False)   # a worker that will die unfinished
+  held = runner._lock(root / "sum" / ".seed1.lock", wait=False)   # a worker that will die unfinished
   worker = _start(grid_config, root)
   seen = []
   for line in worker.stdout:                 # let the worker go past the held run to the last one
