@@ -27,7 +27,7 @@ grouped by the (non-input) user.
 import ml_collections
 
 from configs import autoint, base
-from experiments.grid import Grid, apply_grid_arg, grid_identity, parse_arg
+from configs.common import Grid, apply_grid_arg, grid_identity, parse_grid_arg
 
 DATASETS = ("criteo", "ml-100k")
 DEEP = dict(hidden=(400, 400), activation="relu")
@@ -89,8 +89,9 @@ TABLE5 = ("wide_deep", "deepfm", "dcn", "xdeepfm", "autoint_plus")
 NEWER = ("dcnv2", "dcnv2_stacked", "dcnv2_mixture", "ipnn", "finalmlp", "final", "final_bn09")
 
 
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  a = parse_arg(arg, "configs/ablation_autoint.py", DATASETS)
+def _config_and_grid(arg: str | None) -> tuple[ml_collections.ConfigDict, Grid]:
+  """The run config and the grid of the argument (parsed once for both)."""
+  a = parse_grid_arg(arg, DATASETS)
   c = base.get_config()
   c.batch_size = 256
   c = apply_grid_arg(c, a)
@@ -98,12 +99,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.dataset.protocol = "autoint7"
   else:
     c.gauc_group = ""
-  return c
-
-
-def get_grid(arg: str | None = None) -> Grid:
-  a = parse_arg(arg, "configs/ablation_autoint.py", DATASETS)
-  return Grid(
+  return c, Grid(
       **grid_identity("ablation_autoint", a),
       variants=VARIANTS,
       reference="autoint",
@@ -116,3 +112,11 @@ def get_grid(arg: str | None = None) -> Grid:
                 "Figure 6: embedding size": ("autoint_embed8", "autoint", "autoint_embed24",
                                              "autoint_embed32")},
       curves=("autoint", "autoint_plus", "autoint_no_residual"))
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  return _config_and_grid(arg)[0]
+
+
+def get_grid(arg: str | None = None) -> Grid:
+  return _config_and_grid(arg)[1]

@@ -15,7 +15,7 @@ results/ablation_din[_quick]/<dataset>/.
 import ml_collections
 
 from configs import base, bst, dien, din
-from experiments.grid import Grid, apply_grid_arg, grid_identity, parse_arg
+from configs.common import Grid, apply_grid_arg, grid_identity, parse_grid_arg
 
 DATASETS = ("ml-latest-small", "ml-100k")
 
@@ -39,15 +39,10 @@ VARIANTS = {
 }
 
 
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  a = parse_arg(arg, "configs/ablation_din.py", DATASETS)
-  c = base.get_config()
-  return apply_grid_arg(c, a)
-
-
-def get_grid(arg: str | None = None) -> Grid:
-  a = parse_arg(arg, "configs/ablation_din.py", DATASETS)
-  return Grid(
+def _config_and_grid(arg: str | None) -> tuple[ml_collections.ConfigDict, Grid]:
+  """The run config and the grid of the argument (parsed once for both)."""
+  a = parse_grid_arg(arg, DATASETS)
+  return apply_grid_arg(base.get_config(), a), Grid(
       **grid_identity("ablation_din", a),
       variants=VARIANTS,
       reference="base_model",
@@ -55,3 +50,11 @@ def get_grid(arg: str | None = None) -> Grid:
       sections={"DIN Table 3": ("lr", "base_model", "wide_deep", "pnn", "deepfm", "din", "din_dice"),
                 "Sequence models after DIN": ("base_model", "din", "dien", "bst")},
       curves=("base_model", "din", "din_dice"))
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  return _config_and_grid(arg)[0]
+
+
+def get_grid(arg: str | None = None) -> Grid:
+  return _config_and_grid(arg)[1]

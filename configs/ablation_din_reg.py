@@ -19,7 +19,7 @@ against 'none'.
 import ml_collections
 
 from configs import base
-from experiments.grid import Grid, apply_grid_arg, grid_identity, parse_arg
+from configs.common import Grid, apply_grid_arg, grid_identity, parse_grid_arg
 
 DATASETS = ("ml-latest-small", "ml-100k")
 FILTER_TOP_K = 1_000
@@ -33,16 +33,19 @@ VARIANTS = {
 }
 
 
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  a = parse_arg(arg, "configs/ablation_din_reg.py", DATASETS)
-  c = base.get_config()
-  return apply_grid_arg(c, a)
-
-
-def get_grid(arg: str | None = None) -> Grid:
-  a = parse_arg(arg, "configs/ablation_din_reg.py", DATASETS)
-  return Grid(
+def _config_and_grid(arg: str | None) -> tuple[ml_collections.ConfigDict, Grid]:
+  """The run config and the grid of the argument (parsed once for both)."""
+  a = parse_grid_arg(arg, DATASETS)
+  return apply_grid_arg(base.get_config(), a), Grid(
       **grid_identity("ablation_din_reg", a),
       variants=VARIANTS,
       reference="none",
       curves=tuple(VARIANTS))
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  return _config_and_grid(arg)[0]
+
+
+def get_grid(arg: str | None = None) -> Grid:
+  return _config_and_grid(arg)[1]

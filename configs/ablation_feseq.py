@@ -29,7 +29,7 @@ test samples (the paper's Figures 7-8). The interacting layer's field-pair atten
 import ml_collections
 
 from configs import dmr, feseq, sasrec, tisasrec
-from experiments.grid import Grid, apply_grid_arg, grid_identity, parse_arg
+from configs.common import Grid, apply_grid_arg, grid_identity, parse_grid_arg
 
 DATASETS = ("ml-100k", "ml-latest-small")
 DEPTHS = ((1, 0), (1, 1), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2), (3, 3))     # (2, 2) is the reference
@@ -63,16 +63,11 @@ VARIANTS = {
 SLOTS = tuple(f"t-{k}" for k in range(feseq.MAX_LEN, 0, -1)) + ("target",)
 
 
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  a = parse_arg(arg, "configs/ablation_feseq.py", DATASETS)
-  c = feseq.get_config()
-  return apply_grid_arg(c, a)
-
-
-def get_grid(arg: str | None = None) -> Grid:
-  a = parse_arg(arg, "configs/ablation_feseq.py", DATASETS)
+def _config_and_grid(arg: str | None) -> tuple[ml_collections.ConfigDict, Grid]:
+  """The run config and the grid of the argument (parsed once for both)."""
+  a = parse_grid_arg(arg, DATASETS)
   depths = tuple(f"depth_{m}{n}" for m, n in DEPTHS)
-  return Grid(
+  return apply_grid_arg(feseq.get_config(), a), Grid(
       **grid_identity("ablation_feseq", a),
       variants=VARIANTS,
       reference="causal",
@@ -88,3 +83,11 @@ def get_grid(arg: str | None = None) -> Grid:
                 "Figure 4: embedding size": ("embed_8", "causal", "embed_24", "embed_32")},
       curves=("causal", "non_causal", "no_interaction", "target_pooling"),
       attention=("causal", "pooling", SLOTS))
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  return _config_and_grid(arg)[0]
+
+
+def get_grid(arg: str | None = None) -> Grid:
+  return _config_and_grid(arg)[1]

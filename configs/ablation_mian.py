@@ -15,7 +15,7 @@ Table 4: the IBIM encoder: Pre-LN Transformer (= full), post-LN (original) Trans
 import ml_collections
 
 from configs import din, mian
-from experiments.grid import Grid, apply_grid_arg, grid_identity, parse_arg
+from configs.common import Grid, apply_grid_arg, grid_identity, parse_grid_arg
 
 VARIANTS = {
     "full": {},
@@ -45,26 +45,29 @@ SYNTHETIC = dict(num_rows=100_000, num_items=2_000, num_users=1_000, signal_user
 GIM_TOKENS = ("e_i (item)", "e_c (context)", "e_b (behaviour)", "e_u (user)", "R_ibim", "R_iuim", "R_icim")
 
 
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  a = parse_arg(arg, "configs/ablation_mian.py", DATASETS)
+def _config_and_grid(arg: str | None) -> tuple[ml_collections.ConfigDict, Grid]:
+  """The run config and the grid of the argument (parsed once for both)."""
+  a = parse_grid_arg(arg, DATASETS)
   c = mian.get_config()
-  if a["dataset"] == "synthetic":
-    c.dataset.synthetic = ml_collections.ConfigDict(SYNTHETIC)
-  return apply_grid_arg(c, a)
-
-
-def get_grid(arg: str | None = None) -> Grid:
-  a = parse_arg(arg, "configs/ablation_mian.py", DATASETS)
   variants, sections = dict(VARIANTS), {
       "Table 3: modules": ("full", "no_iuim", "no_icim", "no_ibim", "no_gim", "no_iuim_icim"),
       "Table 4: IBIM encoder": ("full", "post_ln", "no_transformer")}
   if a["dataset"] == "synthetic":   # does the model use the planted behaviour signal at all?
+    c.dataset.synthetic = ml_collections.ConfigDict(SYNTHETIC)
     variants.update(SYNTHETIC_DIAGNOSTICS)
     sections["Diagnostic: behaviour group"] = ("full", "no_ibim", *SYNTHETIC_DIAGNOSTICS)
-  return Grid(
+  return apply_grid_arg(c, a), Grid(
       **grid_identity("ablation_mian", a),
       variants=variants,
       reference="full",
       sections=sections,
       curves=("full", "post_ln", "no_transformer"),
       attention=("full", "gim", GIM_TOKENS))
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  return _config_and_grid(arg)[0]
+
+
+def get_grid(arg: str | None = None) -> Grid:
+  return _config_and_grid(arg)[1]

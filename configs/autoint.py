@@ -16,8 +16,7 @@ stopping are configs/base.py's, shared with the other baselines (the paper: batc
 import ml_collections
 
 from configs import base
-
-ARGS = ("quick", "plain", "official")
+from configs.common import parse_arg
 
 
 def model_config(plain: bool = False, variant: str = "paper") -> ml_collections.ConfigDict:
@@ -31,11 +30,8 @@ def model_config(plain: bool = False, variant: str = "paper") -> ml_collections.
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = set(filter(None, (arg or "").split(",")))
-  unknown = args - set(ARGS)
-  if unknown:
-    raise ValueError(f"configs/autoint.py: unknown argument(s) {sorted(unknown)}; known: {list(ARGS)}")
-  c = base.get_config("quick" if "quick" in args else None)
+  a = parse_arg(arg, quick=False, plain=False, official=False)
+  c = base.get_config("quick" if a["quick"] else None)
   c.model_name = "autoint"
-  c.model = model_config("plain" in args, "official" if "official" in args else "paper")
+  c.model = model_config(a["plain"], "official" if a["official"] else "paper")
   return c

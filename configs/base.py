@@ -9,8 +9,11 @@ and prints test AUC, GAUC and logloss; everything lands in workdirs/base[_ARG]/.
 """
 import ml_collections
 
+from configs.common import parse_arg
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  a = parse_arg(arg, quick=False)
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.workdir = ""                       # default: workdirs/<config name>[_<arg>]
@@ -72,8 +75,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.loader = ml_collections.ConfigDict(dict(num_threads=2, prefetch=16))
   c.debug = ml_collections.ConfigDict(dict(kill_at_step=-1))   # fault injection (tests)
 
-  if arg == "quick":
+  if a["quick"]:
     c.num_epochs = 2
-  elif arg:
-    raise ValueError(f"configs/base.py: unknown argument {arg!r}; known: 'quick'")
   return c

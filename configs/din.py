@@ -13,6 +13,7 @@ SGD (lr 1, decay 0.1, batch 32); our optimiser is the one every ctrjax baseline 
 import ml_collections
 
 from configs import base
+from configs.common import parse_arg
 
 
 def model_config(activation: str = "prelu") -> ml_collections.ConfigDict:
@@ -27,11 +28,8 @@ def model_config(activation: str = "prelu") -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = set(filter(None, (arg or "").split(",")))
-  unknown = args - {"quick", "dice"}
-  if unknown:
-    raise ValueError(f"configs/din.py: unknown argument(s) {sorted(unknown)}; known: 'quick', 'dice'")
-  c = base.get_config("quick" if "quick" in args else None)
+  a = parse_arg(arg, quick=False, dice=False)
+  c = base.get_config("quick" if a["quick"] else None)
   c.model_name = "din"
-  c.model = model_config("dice" if "dice" in args else "prelu")
+  c.model = model_config("dice" if a["dice"] else "prelu")
   return c

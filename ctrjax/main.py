@@ -71,13 +71,13 @@ def main(argv):
   from ctrjax.data import prepare_dataset
   dataset_path = prepare_dataset(config.dataset)
   if grid is not None:
-    from experiments import grid as grid_lib
+    from experiments import report, runner
     results = pathlib.Path("results") / grid.name / config.dataset.name
   if command == "report":
     if grid is None:
       raise app.UsageError(f"report: {config_arg} is not a grid config (it defines no get_grid)")
     try:
-      grid_lib.write_report(grid, workdir, results, dataset_path)
+      report.write_report(grid, workdir, results, dataset_path)
     except ValueError as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
@@ -87,7 +87,7 @@ def main(argv):
           f"processes {jax.process_count()}", flush=True)
   try:
     if grid is not None:
-      grid_lib.run_grid(config, grid, workdir, results, dataset_path)
+      runner.run_grid(config, grid, workdir, results, dataset_path)
     else:
       trainer.train_and_evaluate(config, workdir, dataset_path)
   except trainer.TrainingDiverged as e:

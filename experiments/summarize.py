@@ -12,7 +12,8 @@ import sys
 
 import numpy as np
 
-METRICS = ("auc", "gauc", "logloss")
+from experiments.grid import METRICS
+from experiments.report import mean_std
 
 
 def summarize(workdirs) -> str:
@@ -27,10 +28,7 @@ def summarize(workdirs) -> str:
   lines = ["| model | dataset | seeds | test AUC | test GAUC | test logloss | best epoch |",
            "|---|---|---|---|---|---|---|"]
   for (model, dataset), runs in sorted(groups.items()):
-    cells = []
-    for m in METRICS:
-      v = np.array([r["test"].get(m, np.nan) for r in runs])
-      cells.append(f"{v.mean():.4f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.4f}")
+    cells = ["{:.4f} ± {:.4f}".format(*mean_std([r["test"].get(m, np.nan) for r in runs])) for m in METRICS]
     epochs = np.array([r["best_epoch"] for r in runs])
     lines.append(f"| {model} | {dataset} | {len(runs)} | " + " | ".join(cells) + f" | {epochs.mean():.1f} |")
   return "\n".join(lines)

@@ -3,10 +3,14 @@
 Tracing only (jax.eval_shape), so a typo in a variant's field, a model that does not fit a
 dataset's schema or a bad grid section fails here in seconds rather than an hour into a grid.
 """
+import importlib
+import re
+
 import jax
 import numpy as np
 import pytest
 
+from configs.common import parse_arg
 from ctrjax.data import loader
 from ctrjax.data.dataset import Dataset
 from ctrjax.data.packing import BatchLayout
@@ -15,7 +19,7 @@ from ctrjax.models import get_model
 from experiments.grid import with_overrides
 from tests.conftest import REPO, shared_path
 
-CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.py") if p.name != "__init__.py")
+CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.py") if p.name not in ("__init__.py", "common.py"))
 # Grid arguments whose dataset has a different schema (or grid) from the default one.
 OTHER_SCHEMAS = {"ablation_autoint.py": ("dataset=ml-100k",), "ablation_mian.py": ("dataset=synthetic",)}
 
@@ -65,3 +69,24 @@ def test_config_builds_its_model(config_file, arg, variant):
   assert jax.tree.leaves(shapes["params"]), f"{config_file}:{variant}: no parameters"
   out = jax.eval_shape(lambda v, b: model.apply(v, b, train=False), shapes, batch)
   assert out["logit"].shape == (4,)
+
+
+@pytest.mark.parametrize("config_file", CONFIGS)
+def test_config_accepts_its_documented_arguments_and_rejects_others_naming_itself(config_file):
+  module = importlib.import_module(f"configs.{config_file.removesuffix('.py')}")
+  entry_points = [module.get_config] + ([module.get_grid] if hasattr(module, "get_grid") else [])
+  for arg in re.findall(rf"configs/{re.escape(config_file)}:(\S+)", module.__doc__):   # ./run.sh FILE:ARG
+    for entry in entry_points:
+      entry(arg)
+  for entry in entry_points:
+    with pytest.raises(ValueError, match=rf"^configs/{re.escape(config_file)}: bad argument 'nonsense'"):
+      entry("quick,nonsense")
+
+
+def test_parse_arg_types_flags_and_choices():
+  a = parse_arg("dice,dataset=ml-100k", quick=False, dice=False, dataset=("ml-latest-small", "ml-100k"))
+  assert (a.quick, a.dice, a.dataset) == (False, True, "ml-100k")
+  assert parse_arg(None, dataset=("ml-latest-small", "ml-100k")).dataset == "ml-latest-small"
+  for bad in ("dice=1", "dataset", "dataset=ml-1m", "quick,quick"):
+    with pytest.raises(ValueError, match="bad argument"):
+      parse_arg(bad, quick=False, dice=False, dataset=("ml-latest-small", "ml-100k"))

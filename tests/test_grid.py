@@ -11,14 +11,16 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from experiments import grid as grid_lib
+from configs import common
 from data_prep import synthetic
+from experiments import grid as grid_lib
+from experiments import runner
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 GRID_CONFIG = '''
 from configs import base
-from experiments.grid import Grid
+from configs.common import Grid
 
 
 def get_config(arg=None):
@@ -143,7 +145,7 @@ def test_two_workers_share_a_grid_and_train_each_run_once(grid_config, finished_
 
 def test_a_run_held_by_a_dead_worker_is_taken_over_at_the_end(grid_config, finished_grid, tmp_path):
   root = tmp_path / "runs"
-  held = grid_lib._lock(root / "sum" / ".seed1.lock", wait=False)   # a worker that will die unfinished
+  held = runner._lock(root / "sum" / ".seed1.lock", wait=False)   # a worker that will die unfinished
   worker = _start(grid_config, root)
   seen = []
   for line in worker.stdout:                 # let the worker go past the held run to the last one
@@ -184,9 +186,9 @@ def test_grid_arguments_quick_and_short_set_seeds_epochs_and_names():
   full, quick, short = (ablation_feseq.get_grid(a) for a in (None, "quick", "short,dataset=ml-100k"))
   assert (full.name, full.seeds) == ("ablation_feseq", (0, 1, 2, 3, 4))
   assert (quick.name, quick.seeds) == ("ablation_feseq_quick", (0, 1))
-  assert (short.name, short.seeds) == ("ablation_feseq_short", grid_lib.PROTOCOLS["short"][0])
-  assert ablation_feseq.get_config("short").num_epochs == grid_lib.PROTOCOLS["short"][1]
-  assert grid_lib.PROTOCOLS["short"] == ((0, 1, 2), 3)          # the protocol README reports
+  assert (short.name, short.seeds) == ("ablation_feseq_short", common.PROTOCOLS["short"][0])
+  assert ablation_feseq.get_config("short").num_epochs == common.PROTOCOLS["short"][1]
+  assert common.PROTOCOLS["short"] == ((0, 1, 2), 3)          # the protocol README reports
   assert ablation_feseq.get_config(None).num_epochs == 20
   with pytest.raises(ValueError, match="pick one"):
     ablation_feseq.get_grid("quick,short")
@@ -196,7 +198,7 @@ def test_grid_arguments_quick_and_short_set_seeds_epochs_and_names():
 
 def test_grid_rejects_unknown_variants_and_override_keys():
   with pytest.raises(ValueError, match="unknown variants"):
-    grid_lib.Grid(name="g", variants={"a": {}}, seeds=(0,), reference="a", curves=("b",))
+    common.Grid(name="g", variants={"a": {}}, seeds=(0,), reference="a", curves=("b",))
   from configs import base
   with pytest.raises(KeyError, match="model.pooling_typo"):
     grid_lib.with_overrides(base.get_config(), {"model.pooling_typo": "x"}, seed=0)

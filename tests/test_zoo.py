@@ -257,7 +257,7 @@ def test_autoint_config(arg, hidden, variant, epochs):
   assert (c.model_name, tuple(c.model.hidden), c.model.variant, c.num_epochs) == ("autoint", hidden, variant, epochs)
   assert (c.model.embed_dim, c.model.num_layers, c.model.num_heads, c.model.attention_dim) == (16, 3, 2, 32)
   get_model(c.model_name)(schema=SCHEMA, **c.model)
-  with pytest.raises(ValueError, match="configs/autoint.py: unknown argument"):
+  with pytest.raises(ValueError, match="configs/autoint.py: bad argument"):
     autoint_config.get_config("nope")
 
 

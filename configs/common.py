@@ -1,0 +1,106 @@
+"""What the config files share: their one argument parser, and the grid definition with the
+protocols and helpers of the grid configs (the runner and report are experiments/runner.py and
+experiments/report.py).
+
+A config's argument is the text after ``:`` in ``./run.sh configs/FILE.py:ARG``, comma-separated:
+``parse_arg('quick,dataset=ml-100k', quick=False, dataset=('ml-latest-small', 'ml-100k'))``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+import pathlib
+from typing import Any
+
+import ml_collections
+
+FULL_SEEDS = (0, 1, 2, 3, 4)
+PROTOCOLS = {"quick": ((0, 1), 1),       # a smoke run: 2 seeds, 1 epoch
+             "short": ((0, 1, 2), 3)}    # a grid too heavy for a small CPU: 3 seeds, at most 3 epochs
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+  name: str                                        # results/<name>/...
+  variants: dict[str, dict[str, Any]]              # variant -> {"dotted.config.key": value}
+  seeds: tuple[int, ...]
+  reference: str                                   # Δ, p-value and RelaImpr are against this variant
+  sections: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)  # table parts
+  curves: tuple[str, ...] = ()                     # variants whose validation curves are plotted
+  attention: tuple[str, str, tuple[str, ...]] | None = None  # (variant, attention key, token labels)
+  relaimpr_metric: str = "auc"                     # RelaImpr on test AUC, or on GAUC (the DIN paper's)
+
+  def __post_init__(self):
+    if self.reference not in self.variants:
+      raise ValueError(f"grid {self.name!r}: reference {self.reference!r} is not a variant")
+    named = [v for vs in self.sections.values() for v in vs] + list(self.curves)
+    named += [self.attention[0]] if self.attention else []
+    unknown = sorted(set(named) - set(self.variants))
+    if unknown:
+      raise ValueError(f"grid {self.name!r}: sections/curves/attention name unknown variants {unknown}")
+    if self.relaimpr_metric not in ("auc", "gauc"):
+      raise ValueError(f"grid {self.name!r}: relaimpr_metric={self.relaimpr_metric!r}; 'auc' or 'gauc'")
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.FrozenConfigDict:
+  """A config's comma-separated argument -> its values: ``defaults`` updated by the tokens.
+
+  A default ``False`` is a flag, set by its bare name ('quick'); a tuple of strings is a choice, set
+  by 'name=value' with a value from the tuple and defaulting to its first. Any other token, or one
+  name given twice, is a ValueError naming the config file (``_config_file``)."""
+  out = {k: v[0] if isinstance(v, tuple) else v for k, v in defaults.items()}
+  given = set()
+  for token in filter(None, (arg or "").split(",")):
+    key, sep, value = token.partition("=")
+    kind = defaults.get(key)
+    valid = isinstance(kind, tuple) and value in kind if sep else kind is False
+    if not valid or key in given:
+      usage = [repr(k) for k, v in defaults.items() if v is False]
+      usage += [f"'{k}=' one of {v}" for k, v in defaults.items() if isinstance(v, tuple)]
+      raise ValueError(f"{_config_file()}: bad argument {token!r}; use {', '.join(usage) or 'none'}, "
+                       "each at most once")
+    given.add(key)
+    out[key] = value if sep else True
+  return ml_collections.FrozenConfigDict(out)
+
+
+def _config_file() -> str:
+  """The config file the running ``get_config``/``get_grid`` call started in: the outermost one on
+  the stack from this folder, so configs/dmr.py's argument, which configs/base.py parses, is named
+  dmr.py; outside this folder (a test's config), the caller of this module."""
+  here = pathlib.Path(__file__).resolve()
+  files = [pathlib.Path(frame.filename).resolve() for frame in inspect.stack(context=0)]
+  configs = [f for f in files if f.parent == here.parent and f != here]
+  path = configs[-1] if configs else next(f for f in files if f != here)
+  return os.path.relpath(path, here.parents[1]) if here.parents[1] in path.parents else str(path)
+
+
+def parse_grid_arg(arg: str | None, datasets: tuple[str, ...]) -> ml_collections.FrozenConfigDict:
+  """A grid config's argument: at most one of PROTOCOLS ('quick', 'short'), and/or 'dataset=NAME'
+  with NAME from ``datasets`` (default: the first) -> {protocol (a name or None), dataset}."""
+  a = parse_arg(arg, **{p: False for p in PROTOCOLS}, dataset=datasets)
+  protocols = [p for p in PROTOCOLS if a[p]]
+  if len(protocols) > 1:
+    raise ValueError(f"{_config_file()}: {protocols[0]!r} and {protocols[1]!r} are two protocols; pick one")
+  return ml_collections.FrozenConfigDict({"protocol": protocols[0] if protocols else None,
+                                          "dataset": a["dataset"]})
+
+
+def apply_grid_arg(config: ml_collections.ConfigDict,
+                   a: ml_collections.FrozenConfigDict) -> ml_collections.ConfigDict:
+  """A grid's run config from its parsed argument: the dataset, the protocol's epoch cap (early
+  stopping still picks the best epoch), one progress line per run instead of a bar."""
+  config.dataset.name = a["dataset"]
+  if a["protocol"]:
+    config.num_epochs = PROTOCOLS[a["protocol"]][1]
+  config.progress_bar = False
+  return config
+
+
+def grid_identity(name: str, a: ml_collections.FrozenConfigDict) -> dict:
+  """Grid name and seeds from the parsed argument: a protocol's seeds under ``<name>_<protocol>``,
+  else FULL_SEEDS under ``<name>``."""
+  if a["protocol"]:
+    return {"name": f"{name}_{a['protocol']}", "seeds": PROTOCOLS[a["protocol"]][0]}
+  return {"name": name, "seeds": FULL_SEEDS}

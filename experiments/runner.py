@@ -1,0 +1,125 @@
+"""Grid runner: every variant × seed of a config, then the report (experiments/report.py).
+
+A config file becomes a grid by defining ``get_grid(arg) -> Grid`` (configs/common.py) next to
+``get_config(arg)``; ``./run.sh configs/ablation_mian.py[:arg]`` then runs the whole grid. Each run
+has its own workdir ``<root>/<variant>/seed<k>``: a run with a ``result.json`` is skipped, an
+interrupted one resumes from its checkpoint, so a killed grid rerun ends with the same table as an
+uninterrupted one.
+
+With ``config.seeds_in_parallel`` each variant's unfinished seeds train together as one vmapped program
+(ctrjax/train/seeds.py); such a group restarts from scratch if it was killed.
+
+Start the same command several times (in other terminals, or on hosts that share the filesystem) to
+work through one grid with several workers: each run (a variant's seed group with
+``seeds_in_parallel``) is claimed with a file lock, so no run is trained twice, and a run whose
+worker died is taken over.
+"""
+from __future__ import annotations
+
+import fcntl
+import pathlib
+import time
+from typing import Callable, NamedTuple
+
+import ml_collections
+import numpy as np
+
+from configs.common import Grid
+from experiments.grid import runs, with_overrides, workdir_of
+from experiments.report import write_report
+
+
+def run_grid(config: ml_collections.ConfigDict, grid: Grid, root: pathlib.Path,
+             results_dir: pathlib.Path, dataset_path: pathlib.Path) -> list[dict]:
+  """Trains every (variant, seed) not finished yet, then writes the table and figures. With
+  ``config.seeds_in_parallel`` a variant's unfinished seeds train together (ctrjax/train/seeds.py).
+
+  Several workers may run the same grid at once (the same command started again, on this machine
+  or on hosts sharing the filesystem): each run is claimed with a lock, so a worker takes the runs
+  no other holds, then waits for the others' runs and takes over any whose worker died."""
+  from ctrjax.train import trainer
+  root, results_dir = pathlib.Path(root), pathlib.Path(results_dir)
+  if config.seeds_in_parallel:
+    return _run_grid_seeds_in_parallel(config, grid, root, results_dir, dataset_path)
+  todo = runs(grid, root)
+  jobs = []
+  for i, (variant, seed, workdir) in enumerate(todo, 1):
+    def train(variant=variant, seed=seed, workdir=workdir):
+      trainer.train_and_evaluate(with_overrides(config, grid.variants[variant], seed), workdir, dataset_path)
+    jobs.append(_Job(f"[{i}/{len(todo)}] {variant} seed {seed}", root / variant / f".seed{seed}.lock",
+                     lambda w=workdir: (w / "result.json").is_file(), lambda w=workdir: f"running in {w}",
+                     train))
+  _work_through(jobs)
+  return _report(grid, root, results_dir, dataset_path)
+
+
+def _run_grid_seeds_in_parallel(config, grid: Grid, root: pathlib.Path, results_dir: pathlib.Path,
+                                dataset_path: pathlib.Path):
+  from ctrjax.train import seeds as seeds_lib
+  jobs = []
+  for i, variant in enumerate(grid.variants, 1):
+    workdirs = {s: workdir_of(root, variant, s) for s in grid.seeds}
+    pending = lambda workdirs=workdirs: [s for s, w in workdirs.items() if not (w / "result.json").is_file()]
+
+    def train(variant=variant, workdirs=workdirs, pending=pending):
+      todo = pending()
+      seeds_lib.train_seeds(with_overrides(config, grid.variants[variant], todo[0]), todo,
+                            [workdirs[s] for s in todo], dataset_path)
+    jobs.append(_Job(f"[{i}/{len(grid.variants)}] {variant}", root / f".{variant}.lock",
+                     lambda pending=pending: not pending(),
+                     lambda v=variant, pending=pending: f"seeds {pending()} in one program under {root / v}",
+                     train))
+  _work_through(jobs)
+  return _report(grid, root, results_dir, dataset_path)
+
+
+class _Job(NamedTuple):
+  """One unit of a grid's work: a run, or a variant's seed group."""
+  tag: str
+  lock_path: pathlib.Path
+  is_done: Callable[[], bool]
+  describe: Callable[[], str]
+  run: Callable[[], None]
+
+
+def _lock(path: pathlib.Path, wait: bool):
+  """An exclusive ``flock`` on ``path``, or None if another process holds it and ``wait`` is False.
+  The OS drops the lock when its process dies, so a killed worker leaves no stale claim."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  handle = open(path, "a")
+  try:
+    fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+  except BlockingIOError:
+    handle.close()
+    return None
+  return handle
+
+
+def _work_through(jobs: list[_Job]) -> None:
+  """Runs each unfinished job under its lock: first every job no other worker holds, then, waiting
+  on their locks, those other workers held (taken over if still unfinished when the lock frees)."""
+  durations = []
+  for wait in (False, True):
+    for job in jobs:
+      if job.is_done():
+        if not wait:
+          print(f"{job.tag}: done, skipped", flush=True)
+        continue
+      lock = _lock(job.lock_path, wait)
+      if lock is None:
+        print(f"{job.tag}: another worker holds it; back to it at the end", flush=True)
+        continue
+      with lock:
+        if job.is_done():                   # finished by the worker that held it
+          continue
+        remaining = sum(1 for j in jobs if not j.is_done())
+        eta = f", ETA {np.mean(durations) * remaining / 60:.1f} min" if durations else ""
+        print(f"{job.tag}: {job.describe()}{eta}", flush=True)
+        start = time.time()
+        job.run()
+        durations.append(time.time() - start)
+
+
+def _report(grid: Grid, root: pathlib.Path, results_dir: pathlib.Path, dataset_path) -> list[dict]:
+  with _lock(root / ".report.lock", wait=True):     # workers finishing together write it in turn
+    return write_report(grid, root, results_dir, dataset_path)
