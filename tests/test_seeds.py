@@ -1,5 +1,6 @@
 """K seeds in one vmapped program (ctrjax/train/seeds.py) against K separate runs."""
 import json
+import re
 
 import chex
 import jax
@@ -10,7 +11,7 @@ import pytest
 from ctrjax.train import seeds as seeds_lib
 from ctrjax.train import step as step_lib
 from ctrjax.train import trainer
-from tests.test_trainer import _config, dataset  # noqa: F401  (the module-scoped synthetic dataset)
+from tests.test_trainer import _config, _metrics, _result, dataset  # noqa: F401  (dataset: module-scoped)
 
 SEEDS = (0, 1, 2)
 # Batched (vmapped) kernels sum in another order: one step agrees to 1e-6, but over ~400 Adam steps
@@ -87,3 +88,41 @@ def test_lazy_embeddings_are_refused_by_name(dataset, tmp_path):  # noqa: F811
   config = _config(dataset, **{"optimizer.embeddings": "lazy_adam"})
   with pytest.raises(ValueError, match="optimizer.embeddings='dense'"):
     seeds_lib.train_seeds(config, (0, 1), [tmp_path / "a", tmp_path / "b"], dataset)
+
+
+def test_a_diverging_seed_stops_the_group_naming_the_step_and_the_seed(dataset, tmp_path):  # noqa: F811
+  config = _config(dataset, num_devices=1, **{"optimizer.learning_rate": 1e30})
+  with pytest.raises(trainer.TrainingDiverged) as e:
+    seeds_lib.train_seeds(config, (3, 4), [tmp_path / "a", tmp_path / "b"], dataset)
+  assert re.match(r"seed [34]: loss became (nan|inf) at step (\d+) \(epoch 1\); last finite metrics: "
+                  r"\{'step': \d+, .*'loss': 0\.\d+", str(e.value)), str(e.value)
+
+
+class _Killed(Exception):
+  pass
+
+
+def test_a_killed_group_resumes_and_its_workdirs_resume_in_either_mode(dataset, tmp_path, monkeypatch):  # noqa: F811
+  config = _config(dataset, num_devices=1)                  # 2 epochs of 62 steps, a save every 25
+  seeds, kill_at = (0, 1), 62 + 30                          # mid epoch 2, after the saves at step 75
+  full = seeds_lib.train_seeds(config, seeds, [tmp_path / f"full{s}" for s in seeds], dataset)
+
+  def kill(pid, signal):
+    raise _Killed
+  monkeypatch.setattr(trainer.os, "kill", kill)
+  killed = _config(dataset, num_devices=1, **{"debug.kill_at_step": kill_at})
+  with pytest.raises(_Killed):
+    seeds_lib.train_seeds(killed, seeds, [tmp_path / f"killed{s}" for s in seeds], dataset)
+  monkeypatch.undo()
+  assert not (tmp_path / "killed0" / "result.json").exists()
+
+  alone = trainer.train_and_evaluate(seeds_lib.seed_config(config, 0), tmp_path / "killed0", dataset)
+  assert alone["resumed_from_step"] == 75                   # a group's seed resumes as a separate run
+  np.testing.assert_allclose(alone["test"]["auc"], full[0]["test"]["auc"], atol=TOL)
+  # Seed 0 (finished, on its own) waits while seed 1 catches up from step 75: seed 1 ends exactly
+  # as in the uninterrupted group, and seed 0's result is reloaded from its own run.
+  regrouped = seeds_lib.train_seeds(config, seeds, [tmp_path / f"killed{s}" for s in seeds], dataset)
+  assert [r["resumed_from_step"] for r in regrouped] == [124, 75]
+  assert _metrics(tmp_path / "killed1") == _metrics(tmp_path / "full1")
+  assert _result(tmp_path / "killed1") == _result(tmp_path / "full1")
+  assert regrouped[0]["test"] == alone["test"]

@@ -17,6 +17,8 @@ from configs import base as base_config
 from ctrjax.data import prepare_dataset
 from ctrjax.train import step as step_lib
 from ctrjax.train import trainer
+from ctrjax.train.checkpoint import Checkpointer
+from ctrjax.train.progress import Progress
 from data_prep import synthetic
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -163,6 +165,21 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(datas
   assert sorted(p.name for p in (tmp_path / "nan" / "checkpoints").iterdir() if p.name.isdigit()) == ["25"]
 
 
+def test_progress_round_trips_through_a_checkpoint(tmp_path):
+  progress = Progress(config={"seed": 3, "model": {"hidden": [8, 4]}}, step=7,
+                      history=[{"epoch": 1, "step": 5, "valid_auc": 0.61}], best=0.61, best_epoch=1,
+                      best_step=5, bad_epochs=1, stopped="early stopping after epoch 2",
+                      epoch_loss_sum=1.25, epoch_loss_count=2)
+  ckpt = Checkpointer(tmp_path / "checkpoints", "auc", "max")
+  state = {"w": jax.numpy.arange(3.0)}
+  ckpt.save(7, state, jax.random.PRNGKey(0), progress)
+  ckpt.wait()
+  restored_state, _, restored = ckpt.restore(7, state, jax.random.PRNGKey(1))
+  assert restored == progress and ckpt.read_progress(7) == progress
+  chex.assert_trees_all_equal(restored_state, state)
+  ckpt.close()
+
+
 def _free_port():
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
@@ -288,8 +305,8 @@ def test_regularizer_in_the_step_touches_only_batch_rows(dataset, mode, untouche
 
 def test_undefined_early_stopping_metric_is_a_clear_error(dataset, tmp_path, monkeypatch):
   real_evaluate = trainer.Setup.evaluate
-  monkeypatch.setattr(trainer.Setup, "evaluate",
-                      lambda self, state, split: {**real_evaluate(self, state, split), "gauc": float("nan")})
+  monkeypatch.setattr(trainer.Setup, "evaluate", lambda self, state, split, *predict: {
+      **real_evaluate(self, state, split, *predict), "gauc": float("nan")})
   config = _config(dataset, **{"early_stopping.metric": "gauc"})
   with pytest.raises(ValueError, match=r"valid gauc is nan after epoch 1.*dataset.holdout >= 2"):
     trainer.train_and_evaluate(config, tmp_path / "nan_gauc", dataset)

@@ -1,5 +1,5 @@
-"""Orbax checkpoints: train state + RNG, JSON progress (step, history, early-stopping counters,
-resolved config) and the grain iterator position, in one atomic step directory.
+"""Orbax checkpoints: train state + RNG, the run's ``Progress`` as JSON (step, history, early-stopping
+state, resolved config) and the grain iterator position, in one atomic step directory.
 
 Kept: the latest checkpoint (for resume) and the best by the validation metric (for test).
 """
@@ -10,6 +10,8 @@ import pathlib
 import grain
 import jax
 import orbax.checkpoint as ocp
+
+from ctrjax.train.progress import Progress
 
 _pp = ocp.checkpoint_managers
 
@@ -32,11 +34,11 @@ class Checkpointer:
   def best_step(self) -> int | None:
     return self.manager.best_step()
 
-  def save(self, step: int, state, rng, progress: dict, data_iter=None, metrics: dict | None = None):
+  def save(self, step: int, state, rng, progress: Progress, data_iter=None, metrics: dict | None = None):
     """Asynchronous save; ``metrics`` (validation) only at epoch ends, making it a best candidate.
-    Without ``data_iter`` (seeds.py's best-state saves) the checkpoint can be tested, not resumed."""
+    Without ``data_iter`` (the training batches' position) the checkpoint can be tested, not resumed."""
     items = {"state": ocp.args.StandardSave({"train": state, "rng": rng}),
-             "progress": ocp.args.JsonSave(progress)}
+             "progress": ocp.args.JsonSave(progress.to_dict())}
     if data_iter is not None:
       items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
     self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
@@ -48,10 +50,12 @@ class Checkpointer:
     if data_iter is not None:
       items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
     out = self.manager.restore(step, args=ocp.args.Composite(**items))
-    return out["state"]["train"], out["state"]["rng"], out["progress"]
+    return out["state"]["train"], out["state"]["rng"], Progress.from_dict(out["progress"])
 
-  def read_progress(self, step: int) -> dict:
-    return self.manager.restore(step, args=ocp.args.Composite(progress=ocp.args.JsonRestore()))["progress"]
+  def read_progress(self, step: int) -> Progress:
+    """The progress of checkpoint ``step`` alone (no arrays read)."""
+    out = self.manager.restore(step, args=ocp.args.Composite(progress=ocp.args.JsonRestore()))
+    return Progress.from_dict(out["progress"])
 
   def wait(self):
     self.manager.wait_until_finished()

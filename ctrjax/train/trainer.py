@@ -1,8 +1,10 @@
 """``train_and_evaluate(config, workdir, dataset_path)``: the epoch loop around the pure train step.
 
-Read top to bottom: set up -> data -> model & optimizer -> resume -> train loop (evaluate on
-validation every epoch, early stopping, optional LR decay on plateau) -> reload the best
-checkpoint -> test evaluation -> result.json.
+``EpochLoop`` is the one loop for a single run (K = 1, data parallel over the mesh) and for K seeds
+trained as one vmapped program (seeds.py); a ``Program`` says how its K runs step together. Read
+``EpochLoop.run`` top to bottom: resume -> train loop (evaluate on validation every epoch, early
+stopping, optional LR decay on plateau) -> reload each run's best checkpoint -> test evaluation ->
+result.json. Each run's bookkeeping is a ``Progress`` (progress.py).
 
 Fault tolerance: a checkpoint every ``checkpoint_every_steps`` and at each epoch end; a workdir
 that holds one resumes exactly (params, optimizer, step, RNG, data position, early-stopping
@@ -10,13 +12,16 @@ state and the metric history, from which metrics.jsonl is rewritten).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
 import signal
 import time
+from typing import Callable, Iterator, Sequence
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
@@ -32,6 +37,7 @@ from ctrjax.train import lazy
 from ctrjax.train import mesh as mesh_lib
 from ctrjax.train import step as step_lib
 from ctrjax.train.checkpoint import Checkpointer
+from ctrjax.train.progress import Progress
 from ctrjax.train.regularizers import EmbeddingRegularizer
 
 # Config fields that may differ between a run and its resumption.
@@ -163,171 +169,279 @@ class Setup:
     return [metrics_lib.evaluate(labels, p, groups) for p in probs]
 
 
-def early_stopping_update(progress: dict, value: float, es: ml_collections.ConfigDict, epoch: int) -> bool:
-  """Records epoch ``epoch``'s validation ``value`` in ``progress`` (best, best_epoch, bad_epochs,
-  stopped); returns whether it improved on the best so far."""
-  if not np.isfinite(value):
-    raise ValueError(f"valid {es.metric} is {value} after epoch {epoch}, so early stopping cannot "
-                     f"compare epochs (GAUC needs users with both classes: dataset.holdout >= 2); "
-                     f"set config.early_stopping.metric to 'auc' or 'logloss'")
-  improved = progress["best"] is None or (value > progress["best"] if es.mode == "max"
-                                          else value < progress["best"])
-  if improved:
-    progress.update(best=value, best_epoch=epoch, bad_epochs=0)
-  else:
-    progress["bad_epochs"] += 1
-    if progress["bad_epochs"] >= es.patience:
-      progress["stopped"] = (f"early stopping after epoch {epoch}: valid {es.metric} did not improve "
-                             f"for {es.patience} epochs")
-  return improved
+@dataclasses.dataclass(frozen=True)
+class Program:
+  """The compiled steps that advance K runs of one config together, and how their state is laid
+  out: one run on the mesh (``stacked`` False, K = 1: ``train_and_evaluate``) or K seeds with a
+  leading seed axis on one device (``stacked`` True: seeds.py)."""
+  train_step: Callable    # (state, batch, rng) -> (state, metrics); the state is donated
+  predict: Callable       # (state, eval batch) -> probabilities
+  batches: Iterator       # the training batches: a checkpointable grain iterator, element i = step i
+  init_state: Callable    # seed -> that run's fresh (unstacked) TrainState
+  steps_per_epoch: int
+  stacked: bool
+
+  def stack(self, trees: list):
+    """The runs' trees -> the program's tree."""
+    return jax.tree.map(lambda *x: jnp.stack(x), *trees) if self.stacked else trees[0]
+
+  def unstack(self, tree, k: int):
+    """Run ``k``'s part of the program's tree."""
+    return jax.tree.map(lambda x: x[k], tree) if self.stacked else tree
+
+  def replace_run(self, tree, k: int, run_tree):
+    """The program's tree with run ``k``'s part replaced by ``run_tree``."""
+    return jax.tree.map(lambda x, v: x.at[k].set(v), tree, run_tree) if self.stacked else run_tree
+
+  def per_run(self, value) -> np.ndarray:
+    """A value of the program (a scalar, or one per seed) -> a host array with one entry per run."""
+    value = np.asarray(jax.device_get(value))
+    return value if self.stacked else value[None]
+
+  def of_runs(self, values: np.ndarray):
+    """``per_run``'s inverse, for values to put into the state."""
+    return values if self.stacked else values[0]
+
+
+@dataclasses.dataclass
+class _Run:
+  """One run of an ``EpochLoop``: its seed, workdir, checkpoints, progress and logs."""
+  seed: int
+  workdir: pathlib.Path
+  tag: str                     # prefix of its messages: "" for a single run, "seed S: " in a group
+  ckpt: Checkpointer
+  progress: Progress
+  writer: SummaryWriter | None = None
+  resumed_from: int | None = None
+  last_finite: dict = dataclasses.field(default_factory=dict)   # metrics of its last finite step
+
+
+class EpochLoop:
+  """The epoch loop of K runs of one config that step together through a ``Program``: one run
+  (``train_and_evaluate``) or K vmapped seeds (seeds.py). Run k writes ``workdirs[k]`` as a separate
+  run would (config.json, metrics.jsonl, tb/, checkpoints/, result.json) and resumes from it.
+
+  ``run()`` reads top to bottom: resume -> train steps (metrics read back every log step, the loss
+  checked for each run at every step) -> at each epoch end validation, early stopping, LR decay on
+  plateau and a checkpoint per run -> each run's best checkpoint tested -> result.json.
+
+  A run is live while it trains; a run that stopped early keeps stepping in a group (the program's
+  shape is fixed) but its progress is frozen. On resume the loop starts at the step of the unfinished
+  run furthest behind; a run already further on (a group killed between two runs' saves, or a
+  workdir resumed in the other ``seeds_in_parallel`` mode) is parked and rejoins at its own step.
+  """
+
+  def __init__(self, setup: Setup, program: Program, configs: Sequence[ml_collections.ConfigDict],
+               workdirs: Sequence[str | os.PathLike], **result_extra):
+    self.setup, self.program, self.config = setup, program, setup.config
+    self.result_extra = result_extra            # extra result.json fields
+    self.main = _is_main()
+    self.total_steps = program.steps_per_epoch * self.config.num_epochs
+    es = self.config.early_stopping
+    if self.main:
+      for w in workdirs:
+        pathlib.Path(w).mkdir(parents=True, exist_ok=True)
+    self.runs = [_Run(seed=c.seed, workdir=pathlib.Path(w), tag=f"seed {c.seed}: " if program.stacked else "",
+                      ckpt=Checkpointer(pathlib.Path(w) / "checkpoints", es.metric, es.mode),
+                      progress=Progress(config=c.to_dict())) for c, w in zip(configs, workdirs)]
+    self.live: list[int] = []                   # the runs trained by the current step
+    self.parked: dict[int, step_lib.TrainState] = {}   # run -> its state, until the loop reaches its step
+    self.pending: list[tuple] = []              # (step, device metrics, live runs) not yet read back
+
+  def run(self) -> list[dict]:
+    """Trains every run to its end; returns the K result dicts."""
+    self._resume()
+    self._train()
+    return self._results()
+
+  # --- Resume ---------------------------------------------------------------------------------------
+  def _resume(self):
+    """Restores every run with a checkpoint, sets the loop's first step, and (re)writes each run's
+    config.json and metrics.jsonl."""
+    latest = [run.ckpt.latest_step() for run in self.runs]
+    for run, step in zip(self.runs, latest):
+      if step is not None:
+        saved = run.ckpt.read_progress(step)
+        _check_same_config(saved.config, run.progress.config, run.workdir)
+        run.progress = saved
+    unfinished = [k for k, run in enumerate(self.runs) if run.progress.stopped is None]
+    self.start = min((self.runs[k].progress.step for k in unfinished), default=self.total_steps)
+    self.live = [k for k in unfinished if self.runs[k].progress.step == self.start]
+    states, rngs = [], []
+    for k, (run, step) in enumerate(zip(self.runs, latest)):
+      state = self.program.init_state(run.seed)
+      rng = jax.device_put(jax.random.PRNGKey(run.seed), mesh_lib.replicated(self.setup.mesh))
+      if step is not None:      # the live runs, all at the loop's first step, also place the batches
+        state, rng, run.progress = run.ckpt.restore(step, state, rng,
+                                                    self.program.batches if k in self.live else None)
+        run.resumed_from = step
+        if self.main:
+          print(f"{run.tag}resumed from step {step} (epoch {step / self.program.steps_per_epoch:.2f})",
+                flush=True)
+      if k in unfinished and k not in self.live:
+        self.parked[k] = state
+      states.append(state)
+      rngs.append(rng)
+    self.state, self.rngs = self.program.stack(states), self.program.stack(rngs)
+    if self.main:
+      for run in self.runs:
+        (run.workdir / "config.json").write_text(json.dumps(run.progress.config, indent=1) + "\n")
+        with open(run.workdir / "metrics.jsonl", "w") as fh:
+          fh.writelines(json.dumps(h) + "\n" for h in run.progress.history)
+        run.writer = SummaryWriter(str(run.workdir / "tb"))
+
+  # --- Train loop -----------------------------------------------------------------------------------
+  def _train(self):
+    config, steps_per_epoch = self.config, self.program.steps_per_epoch
+    step = self.start
+    desc = config.model_name + (f" x{len(self.runs)} seeds" if self.program.stacked else "")
+    bar = tqdm.tqdm(total=self.total_steps, initial=step, unit="step", dynamic_ncols=True,
+                    disable=not (self.main and config.progress_bar), desc=desc)
+    t_epoch, t_log, step_log = time.time(), time.time(), step
+    try:
+      while step < self.total_steps and (self.live or self.parked):
+        self._unpark(step)
+        self.state, step_metrics = self.program.train_step(self.state, next(self.program.batches), self.rngs)
+        step += 1
+        for k in self.live:
+          self.runs[k].progress.step = step
+        self.pending.append((step, step_metrics, tuple(self.live)))
+        if step == config.debug.kill_at_step:          # fault injection for the resume tests
+          for run in self.runs:
+            run.ckpt.wait()
+          os.kill(os.getpid(), signal.SIGKILL)
+        if step % config.log_every_steps == 0:
+          self._flush()
+          rate = (step - step_log) * config.batch_size * len(self.runs) / max(time.time() - t_log, 1e-9)
+          t_log, step_log = time.time(), step
+          self._log_step(step, rate, bar)
+        if step % steps_per_epoch:
+          if step % config.checkpoint_every_steps == 0:
+            self._save()
+          continue
+        self._end_epoch(step // steps_per_epoch, time.time() - t_epoch)
+        bar.update(step - bar.n)
+        t_epoch = time.time()
+    finally:                                     # a crash still commits the last good saves
+      bar.close()
+      for run in self.runs:
+        run.ckpt.wait()
+        if run.writer:
+          run.writer.close()
+
+  def _unpark(self, step: int):
+    """Puts back the parked runs whose own step the loop has reached; they train from here on."""
+    for k in [k for k in self.parked if self.runs[k].progress.step == step]:
+      self.state = self.program.replace_run(self.state, k, self.parked.pop(k))
+      self.live = sorted(self.live + [k])
+
+  def _flush(self):
+    """Reads back the pending step metrics and adds each live run's loss to its epoch; raises
+    TrainingDiverged at the first non-finite loss, naming the step (and the seed in a group)."""
+    for step, step_metrics, live in jax.device_get(self.pending):
+      per_run = {name: self.program.per_run(value) for name, value in step_metrics.items()}
+      for k in live:
+        run = self.runs[k]
+        loss = float(per_run["loss"][k])
+        if not np.isfinite(loss):
+          saved = run.ckpt.latest_step()
+          raise TrainingDiverged(
+              f"{run.tag}loss became {loss} at step {step} (epoch "
+              f"{(step - 1) // self.program.steps_per_epoch + 1}); last finite metrics: "
+              f"{run.last_finite or 'none'}; " + (
+                  f"the last good checkpoint is kept in {run.workdir / 'checkpoints'} (step {saved})"
+                  if saved is not None else "there is no checkpoint yet"))
+        run.last_finite = {"step": step, **{name: float(v[k]) for name, v in per_run.items()}}
+        run.progress.add_step_loss(loss)
+    self.pending.clear()
+
+  def _log_step(self, step: int, rate: float, bar):
+    bar.update(step - bar.n)
+    bar.set_postfix(loss=" ".join(f"{self.runs[k].last_finite['loss']:.4f}" for k in self.live),
+                    samples_per_s=f"{rate:,.0f}")
+    for k in self.live:
+      if self.runs[k].writer:
+        self.runs[k].writer.add_scalar("train/loss", self.runs[k].last_finite["loss"], step)
+        self.runs[k].writer.add_scalar("train/samples_per_s", rate, step)
+
+  def _save(self, metrics: dict[int, dict] | None = None):
+    """Checkpoints every live run; ``metrics`` (run -> its validation metric) at epoch ends."""
+    self._flush()
+    for k in self.live:
+      run = self.runs[k]
+      run.ckpt.save(run.progress.step, self.program.unstack(self.state, k), self.program.unstack(self.rngs, k),
+                    run.progress, self.program.batches, metrics and metrics[k])
+
+  # --- End of epoch: validate, early stopping, LR decay on plateau, checkpoint ----------------------
+  def _end_epoch(self, epoch: int, seconds: float):
+    self._flush()
+    es, decay = self.config.early_stopping, self.config.lr_decay_on_plateau
+    valid = self.setup.evaluate(self.state, "valid", self.program.predict)
+    valid = valid if self.program.stacked else [valid]
+    lr = self.program.per_run(self.state.opt_state.hyperparams["learning_rate"]).astype(np.float64)
+    for k in self.live:
+      run = self.runs[k]
+      record, improved = run.progress.end_epoch(epoch, valid[k], float(lr[k]), seconds, es)
+      if not improved:
+        lr[k] *= decay
+      if self.main:
+        with open(run.workdir / "metrics.jsonl", "a") as fh:
+          fh.write(json.dumps(record) + "\n")
+        for name, value in valid[k].items():
+          if np.isfinite(value):                 # GAUC is NaN when no user has both classes
+            run.writer.add_scalar(f"valid/{name}", value, run.progress.step)
+        tqdm.tqdm.write(f"{run.tag}epoch {epoch}: train_loss {record['train_loss']:.4f}  " + "  ".join(
+            f"valid_{m} {valid[k][m]:.4f}" for m in ("auc", "gauc", "logloss") if m in valid[k])
+            + ("  *" if improved else ""))
+    if decay < 1.0:
+      self.state = step_lib.with_learning_rate(self.state, self.program.of_runs(lr))
+    self._save({k: {es.metric: valid[k][es.metric]} for k in self.live})
+    self.live = [k for k in self.live if self.runs[k].progress.stopped is None]
+
+  # --- Test with each run's best checkpoint ---------------------------------------------------------
+  def _results(self) -> list[dict]:
+    results = []
+    for k, run in enumerate(self.runs):
+      best_step = run.ckpt.best_step()
+      best_state, _, best = run.ckpt.restore(best_step, self.program.unstack(self.state, k),
+                                             self.program.unstack(self.rngs, k))
+      result = run_result(self.setup, run.seed, best_state, best_step, best.best_epoch, run.progress,
+                          resumed_from_step=run.resumed_from, **self.result_extra)
+      run.ckpt.close()
+      if self.main:
+        (run.workdir / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+        t = result["test"]
+        print(f"{run.tag}test: auc {t['auc']:.4f}  gauc {t.get('gauc', float('nan')):.4f}  "
+              f"logloss {t['logloss']:.4f}  (best epoch {result['best_epoch']}, {run.workdir})", flush=True)
+      results.append(result)
+    return results
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
                        dataset_path: str | os.PathLike) -> dict:
-  workdir = pathlib.Path(workdir)
-  main = _is_main()
-  # --- Set up ---------------------------------------------------------------------------------
+  """Trains ``config`` on the prepared dataset at ``dataset_path`` into ``workdir`` (resuming what
+  it holds) and returns its result.json: the ``EpochLoop`` of one run on the mesh."""
   setup = Setup(config, dataset_path)
-  cfg_dict = config.to_dict()
-  if main:
-    workdir.mkdir(parents=True, exist_ok=True)
-  es = config.early_stopping
-  ckpt = Checkpointer(workdir / "checkpoints", es.metric, es.mode)
-
-  # --- Data -----------------------------------------------------------------------------------
-  train_src = setup.source("train", train=True)
-  steps_per_epoch = train_src.batches_per_epoch
-  total_steps = steps_per_epoch * config.num_epochs
-  train_iter = setup.batches(train_src)
-
-  # --- Model & optimizer ----------------------------------------------------------------------
-  state = setup.init_state(train_src[0])
-  rng = setup.rng
-  progress = {"step": 0, "history": [], "best": None, "best_epoch": None, "bad_epochs": 0,
-              "epoch_loss_sum": 0.0, "epoch_loss_count": 0, "stopped": None, "config": cfg_dict}
-
-  # --- Resume ---------------------------------------------------------------------------------
-  resumed_from = ckpt.latest_step()
-  if resumed_from is not None:
-    _check_same_config(ckpt.read_progress(resumed_from)["config"], cfg_dict, workdir)
-    state, rng, progress = ckpt.restore(resumed_from, state, rng, train_iter)
-    if main:
-      print(f"resumed from step {resumed_from} (epoch {resumed_from / steps_per_epoch:.2f})", flush=True)
-  if main:
-    (workdir / "config.json").write_text(json.dumps(cfg_dict, indent=1) + "\n")
-    with open(workdir / "metrics.jsonl", "w") as fh:
-      fh.writelines(json.dumps(h) + "\n" for h in progress["history"])
-  writer = SummaryWriter(str(workdir / "tb")) if main else None
-
-  # --- Train loop -----------------------------------------------------------------------------
-  step = int(progress["step"])
-  pending: list[tuple[int, dict]] = []      # device metrics not yet read back (no per-step sync)
-  last_finite: dict = {}
-  bar = tqdm.tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True,
-                  disable=not (main and config.progress_bar), desc=f"{config.model_name}")
-  t_epoch, t_log, step_log = time.time(), time.time(), step
-
-  def flush():
-    """Reads back pending step metrics; raises TrainingDiverged at the first non-finite loss."""
-    nonlocal last_finite
-    for s, m in jax.device_get(pending):
-      loss = float(m["loss"])
-      if not np.isfinite(loss):
-        raise TrainingDiverged(
-            f"loss became {loss} at step {s} (epoch {s // steps_per_epoch + 1}); last finite "
-            f"metrics: {last_finite or 'none'}; the last good checkpoint is kept in "
-            f"{workdir / 'checkpoints'} (step {ckpt.latest_step()})")
-      last_finite = {"step": s, **{k: float(v) for k, v in m.items()}}
-      progress["epoch_loss_sum"] += loss
-      progress["epoch_loss_count"] += 1
-    pending.clear()
-
-  def save(metrics=None):
-    flush()
-    progress["step"] = step
-    ckpt.save(step, state, rng, progress, train_iter, metrics)
-
-  try:
-    while step < total_steps and progress["stopped"] is None:
-      state, step_metrics = setup.train_step(state, next(train_iter), rng)
-      step += 1
-      pending.append((step, step_metrics))
-      if step == config.debug.kill_at_step:          # fault injection for the resume tests
-        ckpt.wait()
-        os.kill(os.getpid(), signal.SIGKILL)
-      if step % config.log_every_steps == 0:
-        flush()
-        rate = (step - step_log) * config.batch_size / max(time.time() - t_log, 1e-9)
-        t_log, step_log = time.time(), step
-        bar.update(step - bar.n)
-        bar.set_postfix(loss=f"{last_finite['loss']:.4f}", samples_per_s=f"{rate:,.0f}")
-        if writer:
-          writer.add_scalar("train/loss", last_finite["loss"], step)
-          writer.add_scalar("train/samples_per_s", rate, step)
-      if step % steps_per_epoch:
-        if step % config.checkpoint_every_steps == 0:
-          save()
-        continue
-
-      # --- End of epoch: validate, early stopping, checkpoint --------------------------------------
-      flush()
-      bar.update(step - bar.n)
-      epoch = step // steps_per_epoch
-      valid = setup.evaluate(state, "valid")
-      record = {"epoch": epoch, "step": step,
-                "train_loss": progress["epoch_loss_sum"] / max(progress["epoch_loss_count"], 1),
-                **{f"valid_{k}": v for k, v in valid.items()},
-                "learning_rate": step_lib.learning_rate(state),
-                "seconds": time.time() - t_epoch}
-      value = valid[es.metric]
-      improved = early_stopping_update(progress, value, es, epoch)
-      if not improved and config.lr_decay_on_plateau < 1.0:
-        state = step_lib.with_learning_rate(
-            state, step_lib.learning_rate(state) * config.lr_decay_on_plateau)
-      progress["history"].append(record)
-      progress["epoch_loss_sum"], progress["epoch_loss_count"] = 0.0, 0
-      if main:
-        with open(workdir / "metrics.jsonl", "a") as fh:
-          fh.write(json.dumps(record) + "\n")
-        for k, v in valid.items():
-          if np.isfinite(v):                     # GAUC is NaN when no user has both classes
-            writer.add_scalar(f"valid/{k}", v, step)
-        tqdm.tqdm.write(f"epoch {epoch}: train_loss {record['train_loss']:.4f}  " + "  ".join(
-            f"valid_{k} {valid[k]:.4f}" for k in ("auc", "gauc", "logloss") if k in valid)
-            + ("  *" if improved else ""))
-      save({es.metric: value})
-      t_epoch = time.time()
-  finally:                                     # a crash still commits the last good save
-    bar.close()
-    ckpt.wait()
-
-  # --- Test with the best checkpoint ----------------------------------------------------------
-  best_step = ckpt.best_step()
-  state, _, best_progress = ckpt.restore(best_step, state, rng)
-  result = run_result(setup, config.seed, state, best_step, best_progress["best_epoch"], progress,
-                      resumed_from_step=resumed_from)
-  ckpt.close()
-  if main:
-    (workdir / "result.json").write_text(json.dumps(result, indent=1) + "\n")
-    writer.close()
-    t = result["test"]
-    print(f"test: auc {t['auc']:.4f}  gauc {t.get('gauc', float('nan')):.4f}  "
-          f"logloss {t['logloss']:.4f}  (best epoch {result['best_epoch']}, {workdir})", flush=True)
-  return result
+  source = setup.source("train", train=True)
+  program = Program(train_step=setup.train_step, predict=setup.predict, batches=setup.batches(source),
+                    init_state=lambda seed: setup.init_state(source[0], seed),
+                    steps_per_epoch=source.batches_per_epoch, stacked=False)
+  return EpochLoop(setup, program, [config], [workdir]).run()[0]
 
 
-def run_result(setup: Setup, seed: int, best_state, best_step: int, best_epoch: int, progress: dict,
+def run_result(setup: Setup, seed: int, best_state, best_step: int, best_epoch: int, progress: Progress,
                **extra) -> dict:
-  """result.json of a finished run: valid and test metrics of its best state, and its facts."""
+  """result.json of a finished run (``progress``: its last): valid and test metrics of its best
+  state, and its facts."""
   return {
       "model": setup.config.model_name, "dataset": str(setup.dataset_path), "seed": seed,
       "best_step": best_step, "best_epoch": best_epoch,
-      "epochs_run": len(progress["history"]), "stopped": progress["stopped"] or "max epochs",
+      "epochs_run": len(progress.history), "stopped": progress.stopped or "max epochs",
       "valid": setup.evaluate(best_state, "valid"), "test": setup.evaluate(best_state, "test"),
       **extra,
       "parameters": count_parameters(best_state.params),
       "parameters_excluding_embeddings": count_parameters(without_embeddings(best_state.params)),
-      "seconds_per_epoch": float(np.mean([h["seconds"] for h in progress["history"]])),
+      "seconds_per_epoch": float(np.mean([h["seconds"] for h in progress.history])),
   }
 
 
@@ -356,11 +470,11 @@ def load_best(workdir: str | os.PathLike, dataset_path: str | os.PathLike):
     raise FileNotFoundError(f"{workdir}: no checkpoint with validation metrics yet")
   state, _, progress = ckpt.restore(best, setup.init_state(setup.source("train", train=True)[0]), setup.rng)
   ckpt.close()
-  return setup, state, {**progress, "best_step": best}
+  return setup, state, progress
 
 
 def evaluate_workdir(workdir: str | os.PathLike, dataset_path: str | os.PathLike) -> dict:
   """Reloads the best checkpoint of a finished run and re-evaluates test (and valid)."""
   setup, state, progress = load_best(workdir, dataset_path)
-  return {"best_step": progress["best_step"], "best_epoch": progress["best_epoch"],
+  return {"best_step": progress.best_step, "best_epoch": progress.best_epoch,
           "valid": setup.evaluate(state, "valid"), "test": setup.evaluate(state, "test")}
