@@ -9,6 +9,7 @@ from test_data import SCHEMA, _rows, _write
 from ctrjax.data.dataset import Dataset
 from ctrjax.data.schema import Schema, SchemaError
 from ctrjax.data.writer import DatasetWriter
+from data_prep import movielens
 
 # --------------------------------------------------------------------------------- labels
 
@@ -64,3 +65,43 @@ def test_corrupt_counts_file_names_the_file(tmp_path):
   (path / "counts" / "item_id.npy").write_bytes(b"\x93NUMPY garbage")
   with pytest.raises(SchemaError, match=r"counts/item_id\.npy: unreadable \.npy"):
     Dataset(path)
+
+
+# ------------------------------------------------------------------------------- movielens
+
+
+@pytest.fixture
+def small_dir(tmp_path):
+  """A two-movie ml-latest-small raw directory (ratings.csv is written by each test)."""
+  d = tmp_path / "raw"
+  d.mkdir()
+  (d / "movies.csv").write_text("movieId,title,genres\n1,A (1995),Comedy\n2,B (1996),Drama\n")
+  return d
+
+
+def _small_ratings(raw_dir, last_line: bytes):
+  (raw_dir / "ratings.csv").write_bytes(b"userId,movieId,rating,timestamp\n1,1,4.0,100\n2,1,5.0,300\n"
+                                        + last_line + b"\n")
+
+
+@pytest.mark.parametrize("last_line, what", [
+    (b"1,2,4.0,1e30", "timestamp"),
+    (b"1,2,4.0,9007199254740993", "timestamp"),
+    (b"1,1e19,4.0,200", "movie id"),
+    (b"1,2,1e39,200", "rating"),
+])
+def test_movielens_out_of_range_number_is_an_error_not_a_wrap(small_dir, tmp_path, last_line, what):
+  _small_ratings(small_dir, last_line)
+  with pytest.raises(SchemaError, match=rf"ratings\.csv, line 4: {what} "):
+    movielens.prepare("ml-latest-small", tmp_path / "out", raw_dir=small_dir)
+
+
+def test_movielens_binary_garbage_names_file_and_line(small_dir, tmp_path):
+  _small_ratings(small_dir, b"1,2,\xff\xfe\x00,400")
+  with pytest.raises(SchemaError, match=r"ratings\.csv, line 4: not utf-8 \(invalid start byte at byte 4\)"):
+    movielens.prepare("ml-latest-small", tmp_path / "out", raw_dir=small_dir)
+  _small_ratings(small_dir, b"1,2,4.0,400")
+  with open(small_dir / "movies.csv", "ab") as fh:
+    fh.write(b"3,\xc3(,Drama\n")
+  with pytest.raises(SchemaError, match=r"movies\.csv, line 4: not utf-8"):
+    movielens.prepare("ml-latest-small", tmp_path / "out", raw_dir=small_dir)
