@@ -4,12 +4,13 @@ import json
 import numpy as np
 import pytest
 
+from conftest import shared_path
 from test_data import SCHEMA, _rows, _write
 
 from ctrjax.data.dataset import Dataset
 from ctrjax.data.schema import Schema, SchemaError
 from ctrjax.data.writer import DatasetWriter
-from data_prep import movielens
+from data_prep import criteo, movielens
 
 # --------------------------------------------------------------------------------- labels
 
@@ -105,3 +106,20 @@ def test_movielens_binary_garbage_names_file_and_line(small_dir, tmp_path):
     fh.write(b"3,\xc3(,Drama\n")
   with pytest.raises(SchemaError, match=r"movies\.csv, line 4: not utf-8"):
     movielens.prepare("ml-latest-small", tmp_path / "out", raw_dir=small_dir)
+
+
+# ---------------------------------------------------------------------------------- criteo
+
+
+@pytest.mark.parametrize("numeric", ["value", "bucket"])
+def test_criteo_number_too_negative_is_a_counted_malformed_line(tmp_path, numeric):
+  lines = shared_path("data", "criteo-kaggle-first10k", "criteo_train_first10000.txt").read_text().splitlines()[:40]
+  fields = lines[3].split("\t")
+  fields[2] = "-1e300"                                     # I2 on line 4: below -2^63
+  lines[3] = "\t".join(fields)
+  (tmp_path / "train.txt").write_text("\n".join(lines) + "\n")
+  ds = Dataset(criteo.prepare(tmp_path / "out", raw=tmp_path, min_count=1, numeric=numeric))
+  assert ds.stats["malformed"]["by_reason"]["number"] == 1 and ds.stats["malformed"]["first_lines"] == [4]
+  assert sum(ds.stats["rows"].values()) == 39
+  if numeric == "bucket":
+    assert not any(v.startswith("-92233") for v in (ds.path / "vocab" / "I2.tsv").read_text().split())
