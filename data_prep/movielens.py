@@ -71,8 +71,11 @@ Context: hour (0-23), weekday (0 = Monday .. 6) and month (0 = January .. 11) of
 timestamp; id = value + 2.
 
 Error policy (all raise ``SchemaError``, a ``ValueError``, naming the file and line or id):
-  * a malformed ratings line (wrong number of fields, a non-numeric or non-integral field, a
-    non-finite rating) -> error with the file and 1-based line number; blank lines are skipped;
+  * a malformed ratings line (wrong number of fields, a non-numeric or non-integral field, a user
+    id >= 2^31, a movie id or timestamp >= 2^53 (beyond what the float64 parse holds exactly; never
+    wrapped), a rating that is no finite float32) -> error with the file and 1-based line number;
+    blank lines are skipped;
+  * bytes that are not the file's encoding (UTF-8 or latin-1, see above) -> error with the file and line;
   * a user or movie in the ratings that is missing from users.dat/u.user or movies.dat/u.item/
     movies.csv -> error naming that file and the (first) missing id, with the count.
 
@@ -86,6 +89,7 @@ is complete and its stats.json["prep"] has the same args and prep version; other
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import itertools
@@ -153,7 +157,7 @@ def default_raw_dir(dataset: str) -> pathlib.Path:
 def _read_ratings(path: pathlib.Path, spec: _Spec):
   """-> (user int64, movie int64, rating float32, timestamp int64) arrays in file order."""
   parts = []
-  with open(path, encoding=spec.encoding) as fh:
+  with _open_text(path, spec.encoding) as fh:
     lineno = 0  # number of lines consumed so far
     if spec.header is not None:
       first = fh.readline()
@@ -205,13 +209,17 @@ def _parse_ratings_chunk(lines: list[str], sep: str, path, lineno0: int):
       i = kept[np.argmax(bad)]
       raise SchemaError(f"{path}, line {lineno0 + i + 1}: {what} must be a non-negative integer: "
                         f"{lines[i].rstrip()!r}")
-  if (vals[:, 0] >= 2**31).any():
-    i = kept[np.argmax(vals[:, 0] >= 2**31)]
-    raise SchemaError(f"{path}, line {lineno0 + i + 1}: user id does not fit int32: {lines[i].rstrip()!r}")
-  bad = ~np.isfinite(vals[:, 2])
+  # User ids must fit int32; larger movie ids or timestamps than 2^53 lose digits in the float64 parse.
+  for col, what, bits in ((0, "user id", 31), (1, "movie id", 53), (3, "timestamp", 53)):
+    too_big = vals[:, col] >= 2.0**bits
+    if too_big.any():
+      i = kept[np.argmax(too_big)]
+      raise SchemaError(f"{path}, line {lineno0 + i + 1}: {what} is not below 2^{bits}: {lines[i].rstrip()!r}")
+  bad = ~(np.abs(vals[:, 2]) <= np.finfo(np.float32).max)
   if bad.any():
     i = kept[np.argmax(bad)]
-    raise SchemaError(f"{path}, line {lineno0 + i + 1}: rating is not a finite number: {lines[i].rstrip()!r}")
+    raise SchemaError(f"{path}, line {lineno0 + i + 1}: rating is not a finite float32 number: "
+                      f"{lines[i].rstrip()!r}")
   return (vals[:, 0].astype(np.int64), vals[:, 1].astype(np.int64), vals[:, 2].astype(np.float32),
           vals[:, 3].astype(np.int64))
 
@@ -231,9 +239,31 @@ def _locate_bad_field(lines, sep, path, lineno0):
                           f"{line.rstrip()!r}") from None
 
 
+@contextlib.contextmanager
+def _open_text(path: pathlib.Path, encoding: str, **kwargs):
+  """``open(path)`` for reading text, where bytes that are not ``encoding`` are a SchemaError naming
+  the file and line instead of a bare UnicodeDecodeError."""
+  try:
+    with open(path, encoding=encoding, **kwargs) as fh:
+      yield fh
+  except UnicodeDecodeError:
+    raise _undecodable(path, encoding) from None
+
+
+def _undecodable(path: pathlib.Path, encoding: str) -> SchemaError:
+  """The error for a file that is not ``encoding``, naming its first bad line (found by a rescan)."""
+  with open(path, "rb") as fh:
+    for lineno, raw in enumerate(fh, 1):
+      try:
+        raw.decode(encoding)
+      except UnicodeDecodeError as e:
+        return SchemaError(f"{path}, line {lineno}: not {encoding} ({e.reason} at byte {e.start})")
+  return SchemaError(f"{path}: not {encoding}")
+
+
 def _split_lines(path: pathlib.Path, sep: str, nfields: int, encoding: str):
   """Yields (line number, fields) of a separator-delimited file; blank lines skipped."""
-  with open(path, encoding=encoding) as fh:
+  with _open_text(path, encoding) as fh:
     for lineno, line in enumerate(fh, 1):
       line = line.rstrip("\r\n")
       if not line.strip():
@@ -276,7 +306,7 @@ def _read_movies(dataset: str, raw_dir: pathlib.Path) -> _Movies:
   ids, genres, years = [], [], []
   all_genres: set[str] = set()
   if dataset == "ml-latest-small":
-    with open(path, encoding=spec.encoding, newline="") as fh:
+    with _open_text(path, spec.encoding, newline="") as fh:
       reader = csv.reader(fh)
       header = next(reader, None)
       if header != ["movieId", "title", "genres"]:

@@ -18,8 +18,9 @@ Rules common to both (AutoInt §5.1 "Data Preparation", with the deviations each
     integer floor(transformed z) (z <= 2 keeps floor(z), so e.g. z = 1 and z = 3, both 1, share an
     id, as in the winners' code), thresholded like a token field, missing -> id 2.
   * Malformed lines (wrong field count, a label other than 0/1, an unparseable or non-finite
-    number, a token over 8 bytes, a bad derived field such as Avazu's hour) are skipped, counted by
-    reason in stats.json["malformed"] with their first line numbers, and reported on stdout.
+    number or one below -2^63 (its bucket would wrap in int64), a token over 8 bytes, a bad derived
+    field such as Avazu's hour) are skipped, counted by reason in stats.json["malformed"] with their
+    first line numbers, and reported on stdout.
     The format is checked on line 1 (a header or, where the layout allows it, a headerless data
     line); a file in another library's encoded format is an error there.
   * Schema: every feature field is in group "context" (the feature-interaction models treat all
@@ -60,6 +61,7 @@ DEFAULT_SEED = 2018                   # AutoInt's Kfold_split/config.py RANDOM_S
 DEFAULT_CHUNK_BYTES = 16 << 20
 TOKEN_BYTES = 8                       # token fields are keyed exactly by their (<= 8) bytes
 NUMBER_BYTES = 16
+NUMBER_MIN = -2.0**63                 # below it a number kept as is (z <= 2) overflows int64 buckets
 PREFIX_MASKS = np.array([((1 << 8 * k) - 1) << 8 * (8 - k) for k in range(TOKEN_BYTES + 1)], np.uint64)
 FIRST_BAD_LINES = 10                  # malformed line numbers kept in stats.json
 REASONS = ("field count", "label", "number", "token length")
@@ -155,13 +157,14 @@ def _windows(data: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _parse_numbers(tokens: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Bytes tokens -> (float64 values, 0 where missing or bad; malformed mask)."""
+  """Bytes tokens -> (float64 values, 0 where missing or bad; malformed mask: unparseable, non-finite
+  or below NUMBER_MIN)."""
   filled = np.where(length == 0, b"0", tokens)
   try:
     values = filled.astype(np.float64)
   except ValueError:
     values = np.array([_to_float(t) for t in filled], np.float64)
-  bad = ~np.isfinite(values) | (length > NUMBER_BYTES)
+  bad = ~np.isfinite(values) | (values < NUMBER_MIN) | (length > NUMBER_BYTES)
   values[bad] = 0.0
   return values, bad
 

@@ -21,19 +21,30 @@ class Dataset:
       raise SchemaError(f"{self.path}: not a complete ctrjax dataset (no stats.json; "
                         f"was the prep interrupted? rerun it)")
     self.schema = Schema.load(self.path / "schema.json")
-    self.stats = json.loads((self.path / "stats.json").read_text())
+    self.stats = self._stats()
     self.columns = {s: {f.name: self._open(s, f) for f in self.schema.fields} for s in SPLITS}
     if validate:
       self.validate()
+
+  def _stats(self) -> dict:
+    p = self.path / "stats.json"
+    try:
+      stats = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+      problem = f"invalid JSON at line {e.lineno}: {e.msg}"
+    except UnicodeDecodeError as e:
+      problem = f"not UTF-8 ({e.reason} at byte {e.start})"
+    else:
+      if isinstance(stats, dict):
+        return stats
+      problem = f"a JSON {type(stats).__name__}, not an object"
+    raise SchemaError(f"{p}: {problem} (a damaged prepared dataset: delete {self.path} and rerun its prep)")
 
   def _open(self, split, field):
     p = self.path / split / f"{field.name}.npy"
     if not p.is_file():
       raise SchemaError(f"{self.path}: field {field.name!r}, split {split!r}: column file {p.name} is missing")
-    try:
-      return np.load(p, mmap_mode="r")
-    except ValueError as e:
-      raise SchemaError(f"{p}: field {field.name!r}, split {split!r}: unreadable .npy ({e})") from None
+    return _load_npy(p, f"field {field.name!r}, split {split!r}: ", mmap_mode="r")
 
   def num_rows(self, split: str) -> int:
     return len(self.columns[split][self.schema.label.name])
@@ -46,14 +57,16 @@ class Dataset:
       p = self.path / "counts" / f"{table}.npy"
       if not p.is_file():
         raise SchemaError(f"{self.path}: counts for table {table!r} missing ({p})")
-      c = np.load(p)
+      c = _load_npy(p)
       if c.shape != (size,):
         raise SchemaError(f"{p}: counts shape {c.shape} != (vocab_size={size},)")
       out[table] = c
     return out
 
   def validate(self) -> None:
-    """Checks dtype, shape, row counts and id ranges of every column; raises SchemaError naming the culprit."""
+    """Checks dtype, shape, row counts, id ranges and labels of every column; raises SchemaError naming
+    the culprit. Labels are clicks, exactly 0 or 1: soft labels are not supported (AUC and GAUC
+    threshold labels at 0.5, ctrjax/metrics.py, so a soft label would be scored as a hard one)."""
     for split in SPLITS:
       n = self.num_rows(split)
       for f in self.schema.fields:
@@ -76,4 +89,18 @@ class Dataset:
           if np.issubdtype(chunk.dtype, np.floating) and not np.isfinite(chunk).all():
             row = start + int(np.argwhere(~np.isfinite(chunk))[0][0])
             raise SchemaError(f"{where}: non-finite value at row {row}")
+          if f.group == "label":
+            bad = (chunk != 0) & (chunk != 1)
+            if bad.any():
+              row = start + int(np.argmax(bad))
+              raise SchemaError(f"{self.path / split / f'{f.name}.npy'}: field {f.name!r}, split {split!r}: "
+                                f"label {chunk[row - start]} at row {row} is not 0 or 1")
     self.counts  # noqa: B018 -- loads and checks the count files
+
+
+def _load_npy(path: pathlib.Path, what: str = "", mmap_mode: str | None = None) -> np.ndarray:
+  """``np.load`` whose failures (a truncated or garbled file) are a SchemaError naming the file."""
+  try:
+    return np.load(path, mmap_mode=mmap_mode)
+  except (ValueError, EOFError, OSError) as e:
+    raise SchemaError(f"{path}: {what}unreadable .npy ({e})") from None

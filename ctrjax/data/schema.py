@@ -127,28 +127,43 @@ class Schema:
 
   @classmethod
   def from_json(cls, obj: dict, source: str = "schema.json") -> "Schema":
+    """Builds the schema from parsed JSON; every error is a SchemaError that names ``source``."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("fields", []), list):
+      raise SchemaError(f"{source}: expected an object {{\"fields\": [...]}}, got {type(obj).__name__}")
     known = {f.name for f in dataclasses.fields(Field)}
     fields = []
     for i, raw in enumerate(obj.get("fields", [])):
+      if not isinstance(raw, dict):
+        raise SchemaError(f"{source}: field #{i} is a {type(raw).__name__}, not an object")
       unknown = set(raw) - known
       if unknown:
         raise SchemaError(f"{source}: field #{i} ({raw.get('name')!r}) has unknown keys {sorted(unknown)}")
       try:
         fields.append(Field(**raw))
-      except TypeError as e:
+      except (TypeError, ValueError) as e:
         raise SchemaError(f"{source}: field #{i} ({raw.get('name')!r}): {e}") from None
-    return cls(tuple(fields))
+    try:
+      return cls(tuple(fields))
+    except SchemaError as e:
+      raise SchemaError(f"{source}: {e}") from None
 
   def save(self, path: str | pathlib.Path) -> None:
     pathlib.Path(path).write_text(json.dumps(self.to_json(), indent=1) + "\n")
 
   @classmethod
   def load(cls, path: str | pathlib.Path) -> "Schema":
+    """Reads ``path``; a missing or damaged file is a SchemaError naming it and how to repair it."""
     path = pathlib.Path(path)
+    repair = f"(a damaged prepared dataset: delete {path.parent} and rerun its prep)"
     try:
       obj = json.loads(path.read_text())
     except FileNotFoundError:
       raise SchemaError(f"{path}: missing (not a ctrjax dataset directory?)") from None
     except json.JSONDecodeError as e:
-      raise SchemaError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
-    return cls.from_json(obj, source=str(path))
+      raise SchemaError(f"{path}: invalid JSON at line {e.lineno}: {e.msg} {repair}") from None
+    except UnicodeDecodeError as e:
+      raise SchemaError(f"{path}: not UTF-8 ({e.reason} at byte {e.start}) {repair}") from None
+    try:
+      return cls.from_json(obj, source=str(path))
+    except SchemaError as e:
+      raise SchemaError(f"{e} {repair}") from None

@@ -27,6 +27,8 @@ class DatasetWriter:
 
   numeric_nan_policy: 'error' raises on a NaN/Inf numeric value naming field, split and row;
     'zero' replaces it by 0 and counts replacements per field in stats.json["nan_replaced"].
+  A label other than 0 or 1 raises, naming split, row and value (labels are clicks; see
+  ``Dataset.validate`` for why soft labels are not supported).
   """
 
   def __init__(self, out_dir: str | pathlib.Path, schema: Schema, numeric_nan_policy: str = "error"):
@@ -91,6 +93,11 @@ class DatasetWriter:
         row = self.rows[split] + int(np.argwhere((col < 0) | (col >= f.vocab_size))[0][0])
         raise SchemaError(f"{where}: id {hi if hi >= f.vocab_size else lo} at row {row} outside "
                           f"[0, vocab_size={f.vocab_size})")
+    if f.group == "label":
+      bad = (col != 0) & (col != 1)
+      if bad.any():
+        i = int(np.argmax(bad))
+        raise SchemaError(f"{where}: label {col[i]} at row {self.rows[split] + i} is not 0 or 1")
     return col.astype(f.dtype, copy=False)
 
   def finalize(self, stats: dict | None = None, vocabs: dict[str, list[str]] | None = None) -> pathlib.Path:
