@@ -1,5 +1,7 @@
 """Grid runner: table statistics, figures, and a killed grid resuming to the identical table."""
 import csv
+import importlib.util
+import json
 import os
 import pathlib
 import re
@@ -13,8 +15,9 @@ from scipy import stats
 
 from configs import common
 from data_prep import synthetic
+from ctrjax.errors import UserError
 from experiments import grid as grid_lib
-from experiments import runner
+from experiments import report, runner, summarize
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -202,3 +205,48 @@ def test_grid_rejects_unknown_variants_and_override_keys():
   from configs import base
   with pytest.raises(KeyError, match="model.pooling_typo"):
     grid_lib.with_overrides(base.get_config(), {"model.pooling_typo": "x"}, seed=0)
+
+
+def _toy(grid_config, **overrides):
+  """The toy grid's config with dotted overrides (what --config.KEY=VALUE makes of it) and its grid."""
+  spec = importlib.util.spec_from_file_location("toy_grid", grid_config)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  return grid_lib.with_overrides(config, overrides, config.seed), module.get_grid()
+
+
+def _run_in_process(grid_config, root, **overrides):
+  config, grid = _toy(grid_config, **overrides)
+  return runner.run_grid(config, grid, root, root.parent / "results", config.dataset.path)
+
+
+@pytest.fixture(scope="module")
+def grid_run(grid_config, tmp_path_factory):
+  """The toy grid run in this process; its report lies in ``<root>/../results``."""
+  root = tmp_path_factory.mktemp("in_process") / "runs"
+  _run_in_process(grid_config, root)
+  return root
+
+
+def test_grid_dirs_are_named_by_config_file_overrides_and_dataset(grid_config, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  default, grid = _toy(grid_config)
+  arg = f"{grid_config}:quick"
+  run_root, results, overrides = grid_lib.grid_dirs(grid, arg, default, default)
+  label = pathlib.Path(default.dataset.path).name                 # name='path': the directory's name
+  assert (run_root, results, overrides) == (
+      pathlib.Path("workdirs/toy_grid_quick"), pathlib.Path(f"results/toy_grid/{label}"), {})
+  assert not run_root.exists() and not results.exists()
+  lr = grid_lib.with_overrides(default, {"optimizer.learning_rate": 0.05, "model.hidden": (8,),
+                                         "progress_bar": True}, default.seed)   # progress_bar: resume-free
+  run_root, results, overrides = grid_lib.grid_dirs(grid, arg, lr, default)
+  assert overrides == {"model.hidden": [8], "optimizer.learning_rate": 0.05}
+  suffix = re.fullmatch(r"toy_grid_quick(_ov-[0-9a-f]{8})", run_root.name).group(1)
+  assert results == pathlib.Path(f"results/toy_grid/{label}{suffix}")
+  for d in (run_root, results):
+    assert json.loads((d / "overrides.json").read_text()) == overrides
+  other, _, _ = grid_lib.grid_dirs(grid, arg, grid_lib.with_overrides(lr, {"model.hidden": (4,)}, 0), default)
+  assert other != run_root
+  run_root, results, _ = grid_lib.grid_dirs(grid, arg, lr, default, workdir=tmp_path / "mine")
+  assert run_root == tmp_path / "mine" and results == tmp_path / "mine" / "results" / "toy_grid" / f"{label}{suffix}"
