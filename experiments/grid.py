@@ -117,21 +117,20 @@ def load_run(workdir: pathlib.Path) -> dict:
   """A finished run's result.json with its ``config`` (config.json) and per-epoch ``history``
   (metrics.jsonl). A file that is missing or does not parse, or a history shorter or longer than
   the result's epochs, is a one-line UserError naming the file (rerunning the run repairs it: the
-  trainer resumes from its checkpoints and rewrites them)."""
+  trainer resumes from its checkpoints and rewrites all three)."""
   workdir = pathlib.Path(workdir)
   result = _read_json(workdir / "result.json")
   config = _read_json(workdir / "config.json")
   metrics = workdir / "metrics.jsonl"
   history = [_parse(metrics, line, n) for n, line in enumerate(_read_text(metrics).splitlines(), 1)]
   if len(history) != result["epochs_run"]:
-    raise UserError(f"{metrics}: {len(history)} epochs, but result.json ran {result['epochs_run']} "
-                    "(a cut file?); rerun the run to rewrite it from its checkpoints")
+    raise UserError(f"{metrics}: {len(history)} epochs, but result.json ran {result['epochs_run']} (cut?)")
   return {**result, "config": config, "history": history}
 
 
 def _read_text(path: pathlib.Path) -> str:
   if not path.is_file():
-    raise UserError(f"{path}: missing; rerun the run to rewrite it from its checkpoints")
+    raise UserError(f"{path}: missing")
   return path.read_text()
 
 
@@ -143,6 +142,4 @@ def _parse(path: pathlib.Path, text: str, line: int | None = None):
   try:
     return json.loads(text)
   except json.JSONDecodeError as e:
-    where = f"line {line}" if line else f"line {e.lineno}"
-    raise UserError(f"{path}: does not parse ({e.msg}, {where}; a cut file?); "
-                    "rerun the run to rewrite it from its checkpoints") from None
+    raise UserError(f"{path}: line {line or e.lineno} does not parse ({e.msg}; cut?)") from None

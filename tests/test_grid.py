@@ -250,3 +250,45 @@ def test_grid_dirs_are_named_by_config_file_overrides_and_dataset(grid_config, t
   assert other != run_root
   run_root, results, _ = grid_lib.grid_dirs(grid, arg, lr, default, workdir=tmp_path / "mine")
   assert run_root == tmp_path / "mine" and results == tmp_path / "mine" / "results" / "toy_grid" / f"{label}{suffix}"
+
+
+def test_a_finished_run_with_another_config_is_refused_before_any_training(grid_config, grid_run, tmp_path):
+  root = tmp_path / "runs"
+  shutil.copytree(grid_run, root)
+  _run_in_process(grid_config, root, progress_bar=True)    # resume-free fields do not count
+  with pytest.raises(UserError, match=r"runs/sum/seed0 .*model\.hidden.*optimizer\.learning_rate"):
+    _run_in_process(grid_config, root, **{"optimizer.learning_rate": 0.05, "model.hidden": (8,)})
+  shutil.rmtree(root / "mean")                             # a grid killed after its first variant
+  with pytest.raises(UserError, match=r"runs/sum/seed0 .*optimizer\.learning_rate"):
+    _run_in_process(grid_config, root, **{"optimizer.learning_rate": 0.05})
+  assert not (root / "mean").exists()                      # no variant trained at the other rate
+
+
+def test_broken_result_files_are_named_and_repaired_by_a_rerun(grid_config, grid_run, tmp_path):
+  root = tmp_path / "runs"
+  shutil.copytree(grid_run, root)
+  metrics = root / "sum" / "seed1" / "metrics.jsonl"
+  metrics.write_text(metrics.read_text()[:20])             # a truncated line
+  result = root / "mean" / "seed0" / "result.json"
+  result.write_text(result.read_text()[:100])
+  config, grid = _toy(grid_config)
+  with pytest.raises(UserError, match=f"^{re.escape(str(metrics))}: ") as error:
+    report.write_report(grid, root, tmp_path / "results", config.dataset.path)
+  assert "\n" not in str(error.value)
+  _run_in_process(grid_config, root)
+  assert _table(tmp_path / "results") == _table(grid_run.parent / "results")
+  metrics.write_text("")                                   # cut at a line boundary: an epoch missing
+  with pytest.raises(UserError, match=f"^{re.escape(str(metrics))}: "):
+    report.write_report(grid, root, tmp_path / "results", config.dataset.path)
+
+
+def test_report_refuses_runs_whose_configs_differ_beyond_variant_and_seed(grid_config, grid_run, tmp_path):
+  root = tmp_path / "runs"
+  shutil.copytree(grid_run, root)
+  stored = root / "mean" / "seed1" / "config.json"
+  config = json.loads(stored.read_text())
+  config["optimizer"]["learning_rate"] = 0.05             # as if trained by a rerun at another rate
+  stored.write_text(json.dumps(config))
+  toy, grid = _toy(grid_config)
+  with pytest.raises(UserError, match=r"runs/sum/seed0 and .*runs/mean/seed1 .*\['optimizer\.learning_rate'\]"):
+    report.write_report(grid, root, tmp_path / "results", toy.dataset.path)
