@@ -292,3 +292,10 @@ def test_report_refuses_runs_whose_configs_differ_beyond_variant_and_seed(grid_c
   toy, grid = _toy(grid_config)
   with pytest.raises(UserError, match=r"runs/sum/seed0 and .*runs/mean/seed1 .*\['optimizer\.learning_rate'\]"):
     report.write_report(grid, root, tmp_path / "results", toy.dataset.path)
+
+
+def test_summarize_keeps_runs_of_different_configs_apart(grid_run):
+  table = summarize.summarize([grid_run / v / f"seed{s}" for v in ("sum", "mean") for s in (0, 1)])
+  rows = table.splitlines()[2:]
+  assert len(rows) == 2 and all("| 2 |" in r for r in rows)
+  assert "model.pooling=mean" in table and "model.pooling=sum" in table
