@@ -87,8 +87,9 @@ def dataset_label(dataset: ml_collections.ConfigDict) -> str:
   return pathlib.Path(dataset.path).resolve().name if dataset.name == "path" else dataset.name
 
 
-def grid_dirs(grid: Grid, arg: str, config: ml_collections.ConfigDict, default_config: ml_collections.ConfigDict,
-              workdir: str | pathlib.Path | None = None) -> tuple[pathlib.Path, pathlib.Path, dict[str, Any]]:
+def grid_dirs(grid: Grid, arg: str, config: ml_collections.ConfigDict,
+              default_config: ml_collections.ConfigDict, workdir: str | pathlib.Path | None = None
+              ) -> tuple[pathlib.Path, pathlib.Path, dict[str, Any]]:
   """(run root, results directory, overrides) of a grid run with ``--config=arg`` (FILE[:ARG]).
 
   ``config`` is the resolved config, ``default_config`` the file's own ``get_config(ARG)``; the
@@ -100,7 +101,8 @@ def grid_dirs(grid: Grid, arg: str, config: ml_collections.ConfigDict, default_c
   never into the git-tracked results/."""
   resolved, default = config_fields(config), config_fields(default_config)
   overrides = {k: resolved.get(k) for k in differing_fields(resolved, default)}
-  suffix = "_ov-" + hashlib.sha256(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:8] if overrides else ""
+  digest = hashlib.sha256(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:8]
+  suffix = f"_ov-{digest}" if overrides else ""
   results = pathlib.Path("results") / grid.name / (dataset_label(config.dataset) + suffix)
   if workdir:
     run_root, results = pathlib.Path(workdir), pathlib.Path(workdir) / results

@@ -1,10 +1,12 @@
 """A grid's report: tables and figures from its finished runs.
 
-Outputs in ``results/<grid name>/<dataset>/``: ``table.md``, ``table.csv`` (per variant: test AUC,
-GAUC and logloss mean ± std over seeds, Δ AUC vs the reference, Welch t-test p-value of AUC vs the
-reference, RelaImpr, seconds per epoch, parameters excluding embeddings), ``ablation.png`` (bars with
-error bars), ``curves.png`` (validation AUC/logloss per epoch) and ``attention.png`` (a model's
-attention weights over 14 random test samples) where the grid asks for them.
+Outputs in the results directory that experiments/grid.py ``grid_dirs`` names (``results/<grid
+name>/<dataset label>[_ov-<digest of the --config.* overrides>]/``): ``table.md``, ``table.csv``
+(per variant: test AUC, GAUC and logloss mean ± std over seeds, Δ AUC vs the reference, Welch
+t-test p-value of AUC vs the reference, RelaImpr, seconds per epoch, parameters excluding
+embeddings), ``ablation.png`` (bars with error bars), ``curves.png`` (validation AUC/logloss per
+epoch) and ``attention.png`` (a model's attention weights over 14 random test samples) where the
+grid asks for them. Runs whose configs differ in more than their variant and seed share no table.
 """
 from __future__ import annotations
 
@@ -46,10 +48,10 @@ def _check_comparable(grid: Grid, root: pathlib.Path, results: dict[str, list[di
   for run in runs:
     workdir, fields, own = run
     for key in every_field - own:
-      value, seen = first.setdefault(key, (fields.get(key, missing), run))
+      value, (first_workdir, first_fields, first_own) = first.setdefault(key, (fields.get(key, missing), run))
       if fields.get(key, missing) != value:
-        differing = differing_fields(seen[1], fields, ignore=seen[2] | own)
-        raise UserError(f"{seen[0]} and {workdir} differ in {differing} beyond their variants' own "
+        differing = differing_fields(first_fields, fields, ignore=first_own | own)
+        raise UserError(f"{first_workdir} and {workdir} differ in {differing} beyond their variants' own "
                         "fields and the seed, so one table cannot compare them; rerun one grid into "
                         "another --workdir")
 

@@ -98,9 +98,10 @@ def check_finished(config: ml_collections.ConfigDict, grid: Grid,
       stored = config_fields(load_run(workdir)["config"])
     except UserError:
       return False
-    differing = differing_fields(stored, wanted[variant, seed])
+    want = wanted[variant, seed]
+    differing = differing_fields(stored, want)
     if differing:
-      fields = "; ".join(f"{k}: {stored.get(k)} there, {wanted[variant, seed].get(k)} wanted" for k in differing)
+      fields = "; ".join(f"{k}: {stored.get(k)} there, {want.get(k)} wanted" for k in differing)
       raise UserError(f"{workdir} finished with another config ({fields}); rerun with its config, "
                       "or use another --workdir")
     return True

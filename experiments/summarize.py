@@ -41,7 +41,8 @@ def summarize(workdirs) -> str:
     every_field = set().union(*(fields for fields, _ in configs))
     varying = sorted(k for k in every_field if len({json.dumps(f.get(k)) for f, _ in configs}) > 1)
     for fields, runs in sorted(configs, key=lambda c: json.dumps([c[0].get(k) for k in varying])):
-      cells = ["{:.4f} ± {:.4f}".format(*mean_std([r["test"].get(m, np.nan) for r in runs])) for m in METRICS]
+      cells = ["{:.4f} ± {:.4f}".format(*mean_std([r["test"].get(m, np.nan) for r in runs]))
+               for m in METRICS]
       epochs = np.array([r["best_epoch"] for r in runs])
       config = ", ".join(f"{k}={fields.get(k)}" for k in varying) or "—"
       lines.append(f"| {model} | {dataset} | {config} | {len(runs)} | " + " | ".join(cells)

@@ -249,7 +249,7 @@ def test_grid_dirs_are_named_by_config_file_overrides_and_dataset(grid_config, t
   other, _, _ = grid_lib.grid_dirs(grid, arg, grid_lib.with_overrides(lr, {"model.hidden": (4,)}, 0), default)
   assert other != run_root
   run_root, results, _ = grid_lib.grid_dirs(grid, arg, lr, default, workdir=tmp_path / "mine")
-  assert run_root == tmp_path / "mine" and results == tmp_path / "mine" / "results" / "toy_grid" / f"{label}{suffix}"
+  assert (run_root, results) == (tmp_path / "mine", tmp_path / "mine" / "results" / "toy_grid" / f"{label}{suffix}")
 
 
 def test_a_finished_run_with_another_config_is_refused_before_any_training(grid_config, grid_run, tmp_path):
@@ -290,7 +290,7 @@ def test_report_refuses_runs_whose_configs_differ_beyond_variant_and_seed(grid_c
   config["optimizer"]["learning_rate"] = 0.05             # as if trained by a rerun at another rate
   stored.write_text(json.dumps(config))
   toy, grid = _toy(grid_config)
-  with pytest.raises(UserError, match=r"runs/sum/seed0 and .*runs/mean/seed1 .*\['optimizer\.learning_rate'\]"):
+  with pytest.raises(UserError, match=r"runs/sum/seed0 and .*/mean/seed1 .*\['optimizer\.learning_rate'\]"):
     report.write_report(grid, root, tmp_path / "results", toy.dataset.path)
 
 
