@@ -1,39 +1,59 @@
 """A grid's report: tables and figures from its finished runs.
 
-Outputs in ``results/<grid name>/<dataset>/``: ``table.md``, ``table.csv`` (per variant: test AUC,
-GAUC and logloss mean ± std over seeds, Δ AUC vs the reference, Welch t-test p-value of AUC vs the
-reference, RelaImpr, seconds per epoch, parameters excluding embeddings), ``ablation.png`` (bars with
-error bars), ``curves.png`` (validation AUC/logloss per epoch) and ``attention.png`` (a model's
-attention weights over 14 random test samples) where the grid asks for them.
+Outputs in the results directory that experiments/grid.py ``grid_dirs`` names (``results/<grid
+name>/<dataset label>[_ov-<digest of the --config.* overrides>]/``): ``table.md``, ``table.csv``
+(per variant: test AUC, GAUC and logloss mean ± std over seeds, Δ AUC vs the reference, Welch
+t-test p-value of AUC vs the reference, RelaImpr, seconds per epoch, parameters excluding
+embeddings), ``ablation.png`` (bars with error bars), ``curves.png`` (validation AUC/logloss per
+epoch) and ``attention.png`` (a model's attention weights over 14 random test samples) where the
+grid asks for them. Runs whose configs differ in more than their variant and seed share no table.
 """
 from __future__ import annotations
 
 import csv
-import json
 import pathlib
 
 import numpy as np
 from scipy import stats
 
 from configs.common import Grid
-from experiments.grid import METRICS, workdir_of
+from ctrjax.errors import UserError
+from experiments.grid import METRICS, config_fields, differing_fields, load_run, workdir_of
 from experiments.plotting import plt, save_figure
 
 
-def _load_run(workdir: pathlib.Path) -> dict:
-  result = json.loads((workdir / "result.json").read_text())
-  history = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
-  return {**result, "history": history}
-
-
 def _load(grid: Grid, root: pathlib.Path) -> dict[str, list[dict]]:
-  """Results of the variants whose every seed has finished (a grid still running has others)."""
+  """Results of the variants whose every seed has finished (a grid still running has others). A
+  cut run file is a UserError naming it, as are runs one table cannot compare (``_check_comparable``)."""
   out = {}
   for variant in grid.variants:
     workdirs = [workdir_of(root, variant, s) for s in grid.seeds]
     if all((w / "result.json").is_file() for w in workdirs):
-      out[variant] = [_load_run(w) for w in workdirs]
+      try:
+        out[variant] = [load_run(w) for w in workdirs]
+      except UserError as e:
+        raise UserError(f"{e}; rerun the grid to repair it") from None
+  _check_comparable(grid, root, out)
   return out
+
+
+def _check_comparable(grid: Grid, root: pathlib.Path, results: dict[str, list[dict]]) -> None:
+  """Refuses runs whose configs differ in more than their variant's own override fields and the
+  seed (e.g. runs of one grid trained at two learning rates): their Δ and p-values would compare
+  more than the variants. The UserError names two such runs and the fields."""
+  runs = [(workdir_of(root, v, seed), config_fields(r["config"]), {*grid.variants[v], "seed"})
+          for v, rs in results.items() for seed, r in zip(grid.seeds, rs)]
+  every_field, missing = set().union(*(fields for _, fields, _ in runs)), object()
+  first = {}                          # field -> (its value, the run) of the first run not overriding it
+  for run in runs:
+    workdir, fields, own = run
+    for key in every_field - own:
+      value, (first_workdir, first_fields, first_own) = first.setdefault(key, (fields.get(key, missing), run))
+      if fields.get(key, missing) != value:
+        differing = differing_fields(first_fields, fields, ignore=first_own | own)
+        raise UserError(f"{first_workdir} and {workdir} differ in {differing} beyond their variants' own "
+                        "fields and the seed, so one table cannot compare them; rerun one grid into "
+                        "another --workdir")
 
 
 def mean_std(values) -> tuple[float, float]:

@@ -2,9 +2,12 @@
 
 A config file becomes a grid by defining ``get_grid(arg) -> Grid`` (configs/common.py) next to
 ``get_config(arg)``; ``./run.sh configs/ablation_mian.py[:arg]`` then runs the whole grid. Each run
-has its own workdir ``<root>/<variant>/seed<k>``: a run with a ``result.json`` is skipped, an
-interrupted one resumes from its checkpoint, so a killed grid rerun ends with the same table as an
-uninterrupted one.
+has its own workdir ``<root>/<variant>/seed<k>``: a finished run is skipped, an interrupted one
+resumes from its checkpoint, so a killed grid rerun ends with the same table as an uninterrupted
+one. A run counts as finished when its result.json, config.json and metrics.jsonl parse; one whose
+files are cut is resumed, which rewrites them from its checkpoints. A finished run of another
+config than the grid asks for (a rerun with other --config.* overrides into the same --workdir) is
+refused before anything trains.
 
 With ``config.seeds_in_parallel`` each variant's unfinished seeds train together as one vmapped program
 (ctrjax/train/seeds.py); such a group restarts from scratch if it was killed.
@@ -25,7 +28,8 @@ import ml_collections
 import numpy as np
 
 from configs.common import Grid
-from experiments.grid import runs, with_overrides, workdir_of
+from ctrjax.errors import UserError
+from experiments.grid import config_fields, differing_fields, load_run, runs, with_overrides, workdir_of
 from experiments.report import write_report
 
 
@@ -39,30 +43,32 @@ def run_grid(config: ml_collections.ConfigDict, grid: Grid, root: pathlib.Path,
   no other holds, then waits for the others' runs and takes over any whose worker died."""
   from ctrjax.train import trainer
   root, results_dir = pathlib.Path(root), pathlib.Path(results_dir)
+  finished = check_finished(config, grid, root)
   if config.seeds_in_parallel:
-    return _run_grid_seeds_in_parallel(config, grid, root, results_dir, dataset_path)
+    return _run_grid_seeds_in_parallel(config, grid, root, results_dir, dataset_path, finished)
   todo = runs(grid, root)
   jobs = []
   for i, (variant, seed, workdir) in enumerate(todo, 1):
     def train(variant=variant, seed=seed, workdir=workdir):
+      _note_cut_files([workdir])
       trainer.train_and_evaluate(with_overrides(config, grid.variants[variant], seed), workdir, dataset_path)
     jobs.append(_Job(f"[{i}/{len(todo)}] {variant} seed {seed}", root / variant / f".seed{seed}.lock",
-                     lambda w=workdir: (w / "result.json").is_file(), lambda w=workdir: f"running in {w}",
-                     train))
+                     lambda v=variant, s=seed: finished(v, s), lambda w=workdir: f"running in {w}", train))
   _work_through(jobs)
   return _report(grid, root, results_dir, dataset_path)
 
 
 def _run_grid_seeds_in_parallel(config, grid: Grid, root: pathlib.Path, results_dir: pathlib.Path,
-                                dataset_path: pathlib.Path):
+                                dataset_path: pathlib.Path, finished: Callable[[str, int], bool]):
   from ctrjax.train import seeds as seeds_lib
   jobs = []
   for i, variant in enumerate(grid.variants, 1):
     workdirs = {s: workdir_of(root, variant, s) for s in grid.seeds}
-    pending = lambda workdirs=workdirs: [s for s, w in workdirs.items() if not (w / "result.json").is_file()]
+    pending = lambda variant=variant: [s for s in grid.seeds if not finished(variant, s)]
 
     def train(variant=variant, workdirs=workdirs, pending=pending):
       todo = pending()
+      _note_cut_files([workdirs[s] for s in todo])
       seeds_lib.train_seeds(with_overrides(config, grid.variants[variant], todo[0]), todo,
                             [workdirs[s] for s in todo], dataset_path)
     jobs.append(_Job(f"[{i}/{len(grid.variants)}] {variant}", root / f".{variant}.lock",
@@ -71,6 +77,48 @@ def _run_grid_seeds_in_parallel(config, grid: Grid, root: pathlib.Path, results_
                      train))
   _work_through(jobs)
   return _report(grid, root, results_dir, dataset_path)
+
+
+def check_finished(config: ml_collections.ConfigDict, grid: Grid,
+                   root: pathlib.Path) -> Callable[[str, int], bool]:
+  """Refuses a grid whose finished runs under ``root`` were trained with another config than
+  ``config`` and the variants' overrides give them (a UserError naming the run and the fields;
+  resume-free fields such as progress_bar aside), before anything trains; returns
+  ``finished(variant, seed)``, which checks again each time it is asked (another worker may
+  finish a run meanwhile). A run whose files are cut or missing is unfinished."""
+  root = pathlib.Path(root)
+  wanted = {(v, s): config_fields(with_overrides(config, overrides, s))
+            for v, overrides in grid.variants.items() for s in grid.seeds}
+
+  def finished(variant: str, seed: int) -> bool:
+    workdir = workdir_of(root, variant, seed)
+    if not (workdir / "result.json").is_file():
+      return False
+    try:
+      stored = config_fields(load_run(workdir)["config"])
+    except UserError:
+      return False
+    want = wanted[variant, seed]
+    differing = differing_fields(stored, want)
+    if differing:
+      fields = "; ".join(f"{k}: {stored.get(k)} there, {want.get(k)} wanted" for k in differing)
+      raise UserError(f"{workdir} finished with another config ({fields}); rerun with its config, "
+                      "or use another --workdir")
+    return True
+
+  for variant, seed, _ in runs(grid, root):
+    finished(variant, seed)
+  return finished
+
+
+def _note_cut_files(workdirs: list[pathlib.Path]) -> None:
+  """Says which finished runs about to be resumed have a cut or missing file (load_run names it)."""
+  for workdir in workdirs:
+    if (workdir / "result.json").is_file():
+      try:
+        load_run(workdir)
+      except UserError as e:
+        print(f"{e}: resuming the run rewrites it", flush=True)
 
 
 class _Job(NamedTuple):

@@ -1,5 +1,7 @@
 """Grid runner: table statistics, figures, and a killed grid resuming to the identical table."""
 import csv
+import importlib.util
+import json
 import os
 import pathlib
 import re
@@ -13,8 +15,9 @@ from scipy import stats
 
 from configs import common
 from data_prep import synthetic
+from ctrjax.errors import UserError
 from experiments import grid as grid_lib
-from experiments import runner
+from experiments import report, runner, summarize
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -202,3 +205,97 @@ def test_grid_rejects_unknown_variants_and_override_keys():
   from configs import base
   with pytest.raises(KeyError, match="model.pooling_typo"):
     grid_lib.with_overrides(base.get_config(), {"model.pooling_typo": "x"}, seed=0)
+
+
+def _toy(grid_config, **overrides):
+  """The toy grid's config with dotted overrides (what --config.KEY=VALUE makes of it) and its grid."""
+  spec = importlib.util.spec_from_file_location("toy_grid", grid_config)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  return grid_lib.with_overrides(config, overrides, config.seed), module.get_grid()
+
+
+def _run_in_process(grid_config, root, **overrides):
+  config, grid = _toy(grid_config, **overrides)
+  return runner.run_grid(config, grid, root, root.parent / "results", config.dataset.path)
+
+
+@pytest.fixture(scope="module")
+def grid_run(grid_config, tmp_path_factory):
+  """The toy grid run in this process; its report lies in ``<root>/../results``."""
+  root = tmp_path_factory.mktemp("in_process") / "runs"
+  _run_in_process(grid_config, root)
+  return root
+
+
+def test_grid_dirs_are_named_by_config_file_overrides_and_dataset(grid_config, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  default, grid = _toy(grid_config)
+  arg = f"{grid_config}:quick"
+  run_root, results, overrides = grid_lib.grid_dirs(grid, arg, default, default)
+  label = pathlib.Path(default.dataset.path).name                 # name='path': the directory's name
+  assert (run_root, results, overrides) == (
+      pathlib.Path("workdirs/toy_grid_quick"), pathlib.Path(f"results/toy_grid/{label}"), {})
+  assert not run_root.exists() and not results.exists()
+  lr = grid_lib.with_overrides(default, {"optimizer.learning_rate": 0.05, "model.hidden": (8,),
+                                         "progress_bar": True}, default.seed)   # progress_bar: resume-free
+  run_root, results, overrides = grid_lib.grid_dirs(grid, arg, lr, default)
+  assert overrides == {"model.hidden": [8], "optimizer.learning_rate": 0.05}
+  suffix = re.fullmatch(r"toy_grid_quick(_ov-[0-9a-f]{8})", run_root.name).group(1)
+  assert results == pathlib.Path(f"results/toy_grid/{label}{suffix}")
+  for d in (run_root, results):
+    assert json.loads((d / "overrides.json").read_text()) == overrides
+  other, _, _ = grid_lib.grid_dirs(grid, arg, grid_lib.with_overrides(lr, {"model.hidden": (4,)}, 0), default)
+  assert other != run_root
+  run_root, results, _ = grid_lib.grid_dirs(grid, arg, lr, default, workdir=tmp_path / "mine")
+  assert (run_root, results) == (tmp_path / "mine", tmp_path / "mine" / "results" / "toy_grid" / f"{label}{suffix}")
+
+
+def test_a_finished_run_with_another_config_is_refused_before_any_training(grid_config, grid_run, tmp_path):
+  root = tmp_path / "runs"
+  shutil.copytree(grid_run, root)
+  _run_in_process(grid_config, root, progress_bar=True)    # resume-free fields do not count
+  with pytest.raises(UserError, match=r"runs/sum/seed0 .*model\.hidden.*optimizer\.learning_rate"):
+    _run_in_process(grid_config, root, **{"optimizer.learning_rate": 0.05, "model.hidden": (8,)})
+  shutil.rmtree(root / "mean")                             # a grid killed after its first variant
+  with pytest.raises(UserError, match=r"runs/sum/seed0 .*optimizer\.learning_rate"):
+    _run_in_process(grid_config, root, **{"optimizer.learning_rate": 0.05})
+  assert not (root / "mean").exists()                      # no variant trained at the other rate
+
+
+def test_broken_result_files_are_named_and_repaired_by_a_rerun(grid_config, grid_run, tmp_path):
+  root = tmp_path / "runs"
+  shutil.copytree(grid_run, root)
+  metrics = root / "sum" / "seed1" / "metrics.jsonl"
+  metrics.write_text(metrics.read_text()[:20])             # a truncated line
+  result = root / "mean" / "seed0" / "result.json"
+  result.write_text(result.read_text()[:100])
+  config, grid = _toy(grid_config)
+  with pytest.raises(UserError, match=f"^{re.escape(str(metrics))}: ") as error:
+    report.write_report(grid, root, tmp_path / "results", config.dataset.path)
+  assert "\n" not in str(error.value)
+  _run_in_process(grid_config, root)
+  assert _table(tmp_path / "results") == _table(grid_run.parent / "results")
+  metrics.write_text("")                                   # cut at a line boundary: an epoch missing
+  with pytest.raises(UserError, match=f"^{re.escape(str(metrics))}: "):
+    report.write_report(grid, root, tmp_path / "results", config.dataset.path)
+
+
+def test_report_refuses_runs_whose_configs_differ_beyond_variant_and_seed(grid_config, grid_run, tmp_path):
+  root = tmp_path / "runs"
+  shutil.copytree(grid_run, root)
+  stored = root / "mean" / "seed1" / "config.json"
+  config = json.loads(stored.read_text())
+  config["optimizer"]["learning_rate"] = 0.05             # as if trained by a rerun at another rate
+  stored.write_text(json.dumps(config))
+  toy, grid = _toy(grid_config)
+  with pytest.raises(UserError, match=r"runs/sum/seed0 and .*/mean/seed1 .*\['optimizer\.learning_rate'\]"):
+    report.write_report(grid, root, tmp_path / "results", toy.dataset.path)
+
+
+def test_summarize_keeps_runs_of_different_configs_apart(grid_run):
+  table = summarize.summarize([grid_run / v / f"seed{s}" for v in ("sum", "mean") for s in (0, 1)])
+  rows = table.splitlines()[2:]
+  assert len(rows) == 2 and all("| 2 |" in r for r in rows)
+  assert "model.pooling=mean" in table and "model.pooling=sum" in table
