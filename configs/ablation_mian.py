@@ -47,10 +47,10 @@ GIM_TOKENS = ("e_i (item)", "e_c (context)", "e_b (behaviour)", "e_u (user)", "R
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = parse_arg(arg, "configs/ablation_mian.py", DATASETS)
-  c = mian.get_config()
+  c = apply_grid_arg(mian.get_config(), a)
   if a["dataset"] == "synthetic":
-    c.dataset.synthetic = ml_collections.ConfigDict(SYNTHETIC)
-  return apply_grid_arg(c, a)
+    c.dataset.update(SYNTHETIC)
+  return c
 
 
 def get_grid(arg: str | None = None) -> Grid:

@@ -33,6 +33,7 @@ import ml_collections
 import numpy as np
 from scipy import stats
 
+import data_prep
 from experiments.plotting import plt, save_figure
 
 METRICS = ("auc", "gauc", "logloss")
@@ -87,7 +88,7 @@ def parse_arg(arg: str | None, config_file: str, datasets: tuple[str, ...]) -> d
 def apply_grid_arg(config: ml_collections.ConfigDict, a: dict) -> ml_collections.ConfigDict:
   """A grid's run config from its parsed argument: the dataset, the protocol's epoch cap (early
   stopping still picks the best epoch), one progress line per run instead of a bar."""
-  config.dataset.name = a["dataset"]
+  config.dataset = data_prep.switch_dataset(config.dataset, a["dataset"])
   if a["protocol"]:
     config.num_epochs = PROTOCOLS[a["protocol"]][1]
   config.progress_bar = False
@@ -114,15 +115,6 @@ def with_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any],
       raise KeyError(f"grid override {key!r}: config has no field {last!r} there")
     target[last] = value
   return out
-
-
-def dataset_of(workdir: pathlib.Path) -> pathlib.Path:
-  """The prepared dataset of the run in ``workdir`` (from its config.json; prepared if not cached)."""
-  from ctrjax.data import prepare_dataset
-  config_path = pathlib.Path(workdir) / "config.json"
-  if not config_path.is_file():
-    raise FileNotFoundError(f"{workdir}: no config.json (not a ctrjax workdir)")
-  return prepare_dataset(ml_collections.ConfigDict(json.loads(config_path.read_text())["dataset"]))
 
 
 def workdir_of(root: pathlib.Path, variant: str, seed: int) -> pathlib.Path:
