@@ -58,12 +58,12 @@ case "${1:-}" in
     exec "$PY" -m pytest "$@" ;;
   eval)
     shift
-    exec "$PY" -m ctrjax.main eval "$@" ;;
+    exec "$PY" -m experiments.main eval "$@" ;;
   report)
     shift
     cfg="${1:?usage: ./run.sh report GRID_CONFIG[:ARG] [--config.key=value ...]}"; shift
-    exec "$PY" -m ctrjax.main report --config="$cfg" "$@" ;;
+    exec "$PY" -m experiments.main report --config="$cfg" "$@" ;;
   *)
     cfg="$1"; shift
-    exec "$PY" -m ctrjax.main run --config="$cfg" "$@" ;;
+    exec "$PY" -m experiments.main run --config="$cfg" "$@" ;;
 esac

@@ -20,17 +20,18 @@ import time
 
 import jax
 
-from ctrjax.data import prepare_dataset
-from ctrjax.main import load_config_module
+import data_prep
 from ctrjax.train import seeds as seeds_lib
 from ctrjax.train import trainer
+from experiments.main import load_config_module
 
 OUT = pathlib.Path(__file__).parent / "results" / "seeds_in_parallel.json"
 
 
 def _config(path: str, dataset: str, epochs: int, batch_size: int):
   c = load_config_module(path).get_config()
-  c.dataset.name, c.num_epochs, c.progress_bar, c.num_devices = dataset, epochs, False, 1
+  c.dataset = data_prep.switch_dataset(c.dataset, dataset)
+  c.num_epochs, c.progress_bar, c.num_devices = epochs, False, 1
   c.batch_size = batch_size or c.batch_size
   c.early_stopping.patience = epochs + 1        # no early stop: both modes train every epoch
   return c
@@ -52,7 +53,7 @@ def main():
     for path in a.configs:
       config = _config(path, a.dataset, a.epochs, a.batch_size)
       name = pathlib.Path(path).stem
-      dataset_path = prepare_dataset(config.dataset)
+      dataset_path = data_prep.prepare(config.dataset)
       start = time.perf_counter()
       separate = [trainer.train_and_evaluate(seeds_lib.seed_config(config, s), tmp / f"{name}_sep{s}",
                                              dataset_path)

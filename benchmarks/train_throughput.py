@@ -17,22 +17,22 @@ import time
 import jax
 import numpy as np
 
-from ctrjax.data import prepare_dataset
-from ctrjax.main import load_config_module
+import data_prep
 from ctrjax.train import trainer
+from experiments.main import load_config_module
 
 OUT = pathlib.Path(__file__).parent / "results" / "train_throughput.json"
 
 
 def _config(path: str, dataset: str, batch: int):
   c = load_config_module(path).get_config()
-  c.dataset.name, c.batch_size = dataset, batch
+  c.dataset, c.batch_size = data_prep.switch_dataset(c.dataset, dataset), batch
   return c
 
 
 class _Bench:
   def __init__(self, config, warmup=10):
-    self.setup = trainer.Setup(config, prepare_dataset(config.dataset))
+    self.setup = trainer.Setup(config, data_prep.prepare(config.dataset))
     src = self.setup.source("train", train=True)
     self.batches = [self.setup.to_device(src[i]) for i in range(8)]
     self.state = self.setup.init_state(src[0])

@@ -52,11 +52,12 @@ def _config_and_grid(arg: str | None) -> tuple[ml_collections.ConfigDict, Grid]:
   variants, sections = dict(VARIANTS), {
       "Table 3: modules": ("full", "no_iuim", "no_icim", "no_ibim", "no_gim", "no_iuim_icim"),
       "Table 4: IBIM encoder": ("full", "post_ln", "no_transformer")}
+  c = apply_grid_arg(c, a)
   if a["dataset"] == "synthetic":   # does the model use the planted behaviour signal at all?
-    c.dataset.synthetic = ml_collections.ConfigDict(SYNTHETIC)
+    c.dataset.update(SYNTHETIC)
     variants.update(SYNTHETIC_DIAGNOSTICS)
     sections["Diagnostic: behaviour group"] = ("full", "no_ibim", *SYNTHETIC_DIAGNOSTICS)
-  return apply_grid_arg(c, a), Grid(
+  return c, Grid(
       **grid_identity("ablation_mian", a),
       variants=variants,
       reference="full",

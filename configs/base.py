@@ -9,6 +9,7 @@ and prints test AUC, GAUC and logloss; everything lands in workdirs/base[_ARG]/.
 """
 import ml_collections
 
+import data_prep
 from configs.common import parse_arg
 
 
@@ -18,29 +19,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seed = 0
   c.workdir = ""                       # default: workdirs/<config name>[_<arg>]
 
-  c.dataset = ml_collections.ConfigDict()
-  c.dataset.name = "ml-latest-small"   # ml-latest-small | ml-100k | ml-1m | synthetic | amazon | criteo | avazu | taobao | path
-  c.dataset.protocol = "din"           # din: rating >= 4 positive; autoint: > 3 pos, < 3 neg, 3 dropped;
-                                       # autoint7: AutoInt's 7-field form (no ids, random 80/10/10 split)
-  c.dataset.max_len = 30               # behaviours kept per sample (most recent)
-  c.dataset.holdout = 5                # last 5 samples per user -> test, 5 before -> valid; 1 = strict
-                                       # leave-one-out, where GAUC is undefined (1 impression per user)
-  c.dataset.sequence_fields = "basic"  # MovieLens behaviour fields: basic (hist_item_id, hist_genres) |
-                                       # feseq (+ hist_hour, hist_weekday, hist_time_gap in minutes)
-  c.dataset.raw_dir = ""               # raw files (MovieLens default: bundled / ../shared)
-  c.dataset.out_root = "data/prepared"
-  c.dataset.path = ""                  # with name='path': an already prepared dataset directory
-  c.dataset.validate = True            # check dtypes, shapes and id ranges on load
-  c.dataset.synthetic = ml_collections.ConfigDict(dict(num_rows=100_000, num_items=10_000, seed=0))
-  c.dataset.amazon = ml_collections.ConfigDict(dict(   # name='amazon': reviews_<category>_5.json[.gz]
-      category="Electronics", seed=1234, on_corrupt="skip"))   # in raw_dir (data_prep/amazon.py)
-  c.dataset.criteo = ml_collections.ConfigDict(dict(   # name='criteo': Kaggle train.txt (raw_dir: file
-      min_count=10, numeric="value", vocab_rows="train", seed=2018))   # or dir; default: ../shared 10k)
-  c.dataset.avazu = ml_collections.ConfigDict(dict(    # name='avazu' (data_prep/avazu.py)
-      min_count=5, vocab_rows="train", seed=2018))
-  c.dataset.taobao = ml_collections.ConfigDict(dict(   # name='taobao': the four Tianchi tables in raw_dir
-      valid_start="2017-05-12", test_start="2017-05-13",   # UTC+8 (data_prep/taobao.py); max_len 50 there
-      history_fields=("cate", "brand", "btag", "hour", "weekday"), on_corrupt="skip"))
+  # The chosen dataset and its options only, each declared with its default and meaning in
+  # data_prep/__init__.py. --config.dataset.name=ml-100k|ml-1m|path keeps these options; a dataset with
+  # other options: c.dataset = data_prep.switch_dataset(c.dataset, NAME) in a config.
+  c.dataset = data_prep.dataset_config(
+      "ml-latest-small",               # bundled with the repository
+      protocol="din", max_len=30,
+      holdout=5)                       # last 5 samples per user -> test, 5 before -> valid
 
   c.model_name = "base_model"          # a module of ctrjax/models/
   c.model = ml_collections.ConfigDict(dict(

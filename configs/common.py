@@ -91,7 +91,7 @@ def apply_grid_arg(config: ml_collections.ConfigDict,
                    a: ml_collections.FrozenConfigDict) -> ml_collections.ConfigDict:
   """A grid's run config from its parsed argument: the dataset, the protocol's epoch cap (early
   stopping still picks the best epoch), one progress line per run instead of a bar."""
-  config.dataset.name = a["dataset"]
+  config.dataset = data_prep.switch_dataset(config.dataset, a["dataset"])
   if a["protocol"]:
     config.num_epochs = PROTOCOLS[a["protocol"]][1]
   config.progress_bar = False

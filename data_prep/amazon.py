@@ -399,7 +399,7 @@ def _build(reviews_path: pathlib.Path, meta_path: pathlib.Path | None, max_len: 
 
 
 def prepare(out_root: str | os.PathLike = "data/prepared", *, category: str = "Electronics",
-            raw_dir: str | os.PathLike | None = None, max_len: int = 30, seed: int = DEFAULT_SEED,
+            raw_dir: str | os.PathLike = "", max_len: int = 30, seed: int = DEFAULT_SEED,
             on_corrupt: str = "skip", force: bool = False) -> pathlib.Path:
   """Prepares (or reuses) ``<out_root>/amazon-<category>-len<max_len>[-seed<seed>]``; returns its path."""
   if not re.fullmatch(r"[A-Za-z0-9_]+", category):
@@ -413,7 +413,7 @@ def prepare(out_root: str | os.PathLike = "data/prepared", *, category: str = "E
   seed = int(seed)
   if on_corrupt not in CORRUPT_POLICIES:
     raise ValueError(f"on_corrupt {on_corrupt!r} not in {CORRUPT_POLICIES}")
-  raw = resolve(raw_dir) if raw_dir is not None else default_raw_dir()
+  raw = resolve(raw_dir) if raw_dir else default_raw_dir()
   reviews_path = _find(raw, f"reviews_{category}_5")
   if reviews_path is None:
     raise FileNotFoundError(f"{raw}: reviews_{category}_5.json(.gz) missing (McAuley's 5-core reviews; "

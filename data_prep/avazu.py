@@ -3,7 +3,7 @@
 Usage:
   python -m data_prep.avazu [--raw FILE_OR_DIR] [--min_count 5] [--vocab_rows train|all]
                             [--seed 2018] [--chunk_mb 16] [--out_root R] [--force]
-or ``prepare(out_root, raw=..., min_count=..., vocab_rows=..., seed=...)`` from Python.
+or ``prepare(out_root, raw_dir=..., min_count=..., vocab_rows=..., seed=...)`` from Python.
 
 Raw input: Kaggle's decompressed ``train`` / ``train.csv`` (40,428,967 rows; a directory holding
 it also works): the header ``id,click,hour,C1,banner_pos,site_id,...,C14..C21``, then
@@ -63,11 +63,11 @@ LAYOUT = tabular.Layout(
                             hour_fields))
 
 
-def prepare(out_root: str | os.PathLike = "data/prepared", *, raw: str | os.PathLike | None = None,
+def prepare(out_root: str | os.PathLike = "data/prepared", *, raw_dir: str | os.PathLike = "",
             min_count: int = MIN_COUNT, vocab_rows: str = "train", seed: int = tabular.DEFAULT_SEED,
             chunk_bytes: int = tabular.DEFAULT_CHUNK_BYTES, force: bool = False) -> pathlib.Path:
   """Prepares (or reuses) ``<out_root>/avazu-<raw stem>-min<k>[-allrows]-seed<s>``; returns it."""
-  return tabular.prepare(LAYOUT, out_root, raw, min_count, vocab_rows, seed, chunk_bytes, force)
+  return tabular.prepare(LAYOUT, out_root, raw_dir, min_count, vocab_rows, seed, chunk_bytes, force)
 
 
 def main(argv=None) -> pathlib.Path:

@@ -3,7 +3,7 @@
 Usage:
   python -m data_prep.criteo [--raw FILE_OR_DIR] [--min_count 10] [--numeric value|bucket]
                              [--vocab_rows train|all] [--seed 2018] [--chunk_mb 16] [--out_root R] [--force]
-or ``prepare(out_root, raw=..., min_count=..., numeric=..., vocab_rows=..., seed=...)`` from Python.
+or ``prepare(out_root, raw_dir=..., min_count=..., numeric=..., vocab_rows=..., seed=...)`` from Python.
 
 Raw input: Kaggle's ``train.txt`` (45,840,617 lines, 11 GB; a directory holding it also works):
 label, I1..I13 (integer counts, may be empty), C1..C26 (8-hex-digit hashes, may be empty),
@@ -49,12 +49,12 @@ LAYOUT = tabular.Layout(
     numeric=NUMERIC, headerless_sep="\t")
 
 
-def prepare(out_root: str | os.PathLike = "data/prepared", *, raw: str | os.PathLike | None = None,
+def prepare(out_root: str | os.PathLike = "data/prepared", *, raw_dir: str | os.PathLike = "",
             min_count: int = MIN_COUNT, numeric: str = "value", vocab_rows: str = "train",
             seed: int = tabular.DEFAULT_SEED, chunk_bytes: int = tabular.DEFAULT_CHUNK_BYTES,
             force: bool = False) -> pathlib.Path:
   """Prepares (or reuses) ``<out_root>/criteo-<raw stem>-min<k>-<numeric>[-allrows]-seed<s>``; returns it."""
-  return tabular.prepare(LAYOUT, out_root, raw, min_count, vocab_rows, seed, chunk_bytes, force, numeric)
+  return tabular.prepare(LAYOUT, out_root, raw_dir, min_count, vocab_rows, seed, chunk_bytes, force, numeric)
 
 
 def main(argv=None) -> pathlib.Path:

@@ -734,7 +734,7 @@ def _build_autoint7(dataset: str, raw_dir: pathlib.Path, out_dir: pathlib.Path, 
 
 
 def prepare(dataset: str, out_root: str | os.PathLike = "data/prepared", *,
-            raw_dir: str | os.PathLike | None = None, protocol: str = "din", max_len: int = 30,
+            raw_dir: str | os.PathLike = "", protocol: str = "din", max_len: int = 30,
             holdout: int = 1, sequence_fields: str = "basic", force: bool = False) -> pathlib.Path:
   """Prepares (or reuses) ``<out_root>/<dataset>-<protocol>-len<max_len>[-holdout<h>][-feseq]``; returns its
   path. ``sequence_fields="basic"`` keeps the directory name and prep args of datasets built before the
@@ -751,7 +751,7 @@ def prepare(dataset: str, out_root: str | os.PathLike = "data/prepared", *,
   holdout = int(holdout)
   if sequence_fields not in SEQUENCE_FIELDS:
     raise ValueError(f"sequence_fields {sequence_fields!r} not in {SEQUENCE_FIELDS}")
-  raw = resolve(raw_dir) if raw_dir is not None else resolve(default_raw_dir(dataset))
+  raw = resolve(raw_dir or default_raw_dir(dataset))
   if protocol == "autoint7":
     return _prepare_autoint7(dataset, raw, resolve(out_root), force)
   out_dir = resolve(out_root) / (f"{dataset}-{protocol}-len{max_len}" + (f"-holdout{holdout}" if holdout > 1 else "")

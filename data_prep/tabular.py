@@ -432,13 +432,14 @@ def _schema(layout: Layout, vocab: dict, numeric: str, min_count: int, vocab_row
 
 
 def raw_file(layout: Layout, raw: str | os.PathLike | None) -> pathlib.Path:
-  """The raw file: ``raw`` itself, the first of ``train_files`` in a directory, or the shared default."""
-  path = resolve(raw) if raw is not None else shared_root() / layout.default_raw
+  """The raw file: ``raw`` itself, the first of ``train_files`` in a directory, or (None, '') the shared
+  default."""
+  path = resolve(raw) if raw else shared_root() / layout.default_raw
   if path.is_dir():
     found = [path / f for f in layout.train_files if (path / f).is_file()]
     if not found:
       raise FileNotFoundError(f"{path}: holds none of {list(layout.train_files)} (the raw {layout.dataset} "
-                              f"file, decompressed); pass raw=FILE")
+                              f"file, decompressed); pass the file itself")
     path = found[0]
   if not path.is_file():
     raise FileNotFoundError(f"{path}: raw {layout.dataset} file missing")

@@ -619,7 +619,7 @@ def _history_fields(history_fields) -> tuple[str, ...]:
   return tuple(f for f in HISTORY_FIELDS if f in fields)
 
 
-def prepare(out_root: str | os.PathLike = "data/prepared", *, raw_dir: str | os.PathLike | None = None,
+def prepare(out_root: str | os.PathLike = "data/prepared", *, raw_dir: str | os.PathLike = "",
             max_len: int = 50, valid_start: str = DEFAULT_VALID_START, test_start: str = DEFAULT_TEST_START,
             history_fields=HISTORY_FIELDS, on_corrupt: str = "skip", force: bool = False) -> pathlib.Path:
   """Prepares (or reuses) ``<out_root>/taobao-len<max_len>[...]`` (see the module docstring); returns it."""
@@ -633,7 +633,7 @@ def prepare(out_root: str | os.PathLike = "data/prepared", *, raw_dir: str | os.
   fields = _history_fields(history_fields)
   if on_corrupt not in CORRUPT_POLICIES:
     raise ValueError(f"on_corrupt {on_corrupt!r} not in {CORRUPT_POLICIES}")
-  raw = resolve(raw_dir) if raw_dir is not None else default_raw_dir()
+  raw = resolve(raw_dir) if raw_dir else default_raw_dir()
   paths = {table: _find(raw, table) for table in HEADERS}
   if paths["raw_sample"] is None:
     raise FileNotFoundError(f"{raw}: raw_sample.csv(.gz) missing (Tianchi dataset 56; the shared "

@@ -16,10 +16,10 @@ import sys
 import jax
 import numpy as np
 
+import data_prep
 from ctrjax.data import loader
 from ctrjax.train import step as step_lib
 from ctrjax.train import trainer
-from experiments.grid import dataset_of
 from experiments.plotting import plt, save_figure
 
 
@@ -35,7 +35,7 @@ def _label(item_id: int, genre_ids, items: list[str], genres: list[str]) -> str:
 
 def figure(workdir: str | pathlib.Path, out_path: str | pathlib.Path, num_candidates: int = 6,
            seed: int = 0) -> pathlib.Path:
-  setup, state, _ = trainer.load_best(workdir, dataset_of(workdir))
+  setup, state, _ = trainer.load_best(workdir, data_prep.prepare_for_workdir(workdir))
   if setup.config.model_name != "din":
     raise ValueError(f"{workdir}: model {setup.config.model_name!r}, expected 'din'")
   ds, split = setup.dataset, "test"

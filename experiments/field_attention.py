@@ -19,10 +19,10 @@ import sys
 import jax
 import numpy as np
 
+import data_prep
 from ctrjax.layers.interaction import field_names
 from ctrjax.train import step as step_lib
 from ctrjax.train import trainer
-from experiments.grid import dataset_of
 from experiments.plotting import plt, save_figure
 
 MODELS = ("autoint", "feseq")
@@ -37,7 +37,7 @@ def _pair_attention(model_name: str, out: dict, layer: int):
 
 def attention_maps(workdir: str | pathlib.Path, layer: int = 0):
   """(one test sample's [F, F] map, the test-set mean [F, F], field names, the sample's row)."""
-  setup, state, _ = trainer.load_best(workdir, dataset_of(workdir))
+  setup, state, _ = trainer.load_best(workdir, data_prep.prepare_for_workdir(workdir))
   name = setup.config.model_name
   if name not in MODELS:
     raise ValueError(f"{workdir}: model {name!r}, expected one of {MODELS}")

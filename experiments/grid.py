@@ -36,15 +36,6 @@ def with_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any],
   return out
 
 
-def dataset_of(workdir: pathlib.Path) -> pathlib.Path:
-  """The prepared dataset of the run in ``workdir`` (from its config.json; prepared if not cached)."""
-  from ctrjax.data import prepare_dataset
-  config_path = pathlib.Path(workdir) / "config.json"
-  if not config_path.is_file():
-    raise FileNotFoundError(f"{workdir}: no config.json (not a ctrjax workdir)")
-  return prepare_dataset(ml_collections.ConfigDict(json.loads(config_path.read_text())["dataset"]))
-
-
 def workdir_of(root: pathlib.Path, variant: str, seed: int) -> pathlib.Path:
   return root / variant / f"seed{seed}"
 

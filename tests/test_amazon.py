@@ -3,16 +3,15 @@ import gzip
 import json
 import shutil
 
-import ml_collections
 import numpy as np
 import pytest
 
 from conftest import shared_path
 
 from configs import base as base_config
-from ctrjax.data import prepare_dataset
 from ctrjax.data.dataset import Dataset
 from ctrjax.data.schema import OOV_ID, SPLITS, SchemaError
+import data_prep
 from data_prep import amazon
 
 SAMPLE = ("data", "amazon-samples", "paddlerec_reviews_Electronics_5.head290.json")
@@ -265,10 +264,10 @@ def test_bad_arguments_and_missing_reviews(tmp_path):
 
 
 def test_config_dataset_name_amazon(tmp_path):
-  cfg = base_config.get_config().dataset
-  cfg.name, cfg.max_len = "amazon", MAX_LEN
+  cfg = data_prep.switch_dataset(base_config.get_config().dataset, "amazon")
+  cfg.max_len = MAX_LEN
   cfg.raw_dir = str(_write(tmp_path / "raw", _regrouped(_lines()), META))
   cfg.out_root = str(tmp_path / "prep")
-  assert prepare_dataset(cfg).name == f"amazon-Electronics-len{MAX_LEN}"
-  cfg.amazon = ml_collections.ConfigDict(dict(seed=7))  # options left out take prepare()'s defaults
-  assert prepare_dataset(cfg).name == f"amazon-Electronics-len{MAX_LEN}-seed7"
+  assert data_prep.prepare(cfg).name == f"amazon-Electronics-len{MAX_LEN}"
+  cfg.seed = 7
+  assert data_prep.prepare(cfg).name == f"amazon-Electronics-len{MAX_LEN}-seed7"

@@ -10,13 +10,14 @@ import jax
 import numpy as np
 import pytest
 
+import data_prep
 from configs.common import parse_arg
 from ctrjax.data import loader
 from ctrjax.data.dataset import Dataset
 from ctrjax.data.packing import BatchLayout
-from ctrjax.main import load_config_module
 from ctrjax.models import get_model
 from experiments.grid import with_overrides
+from experiments.main import load_config_module
 from tests.conftest import REPO, shared_path
 
 CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.py") if p.name not in ("__init__.py", "common.py"))
@@ -45,10 +46,9 @@ def _sample_batch(config):
     shared_path("data", shared)
   key = repr(config.dataset.to_dict())
   if key not in _SAMPLES:
-    from ctrjax.data import prepare_dataset
     dataset_config = config.dataset
     dataset_config.out_root = str(REPO / "data" / "prepared")
-    dataset = Dataset(prepare_dataset(dataset_config), validate=False)
+    dataset = Dataset(data_prep.prepare(dataset_config), validate=False)
     batch = loader.gather(dataset, "train", np.arange(4), np.ones(4, np.float32))
     layout = BatchLayout.from_schema(dataset.schema)
     _SAMPLES[key] = (dataset.schema, layout.unpack(layout.pack(batch)))
@@ -62,7 +62,7 @@ def test_config_builds_its_model(config_file, arg, variant):
   if variant is not None:
     config = with_overrides(config, module.get_grid(arg).variants[variant], seed=0)
   if config.dataset.name == "synthetic":
-    config.dataset.synthetic.num_rows = 2_000
+    config.dataset.num_rows = 2_000
   schema, batch = _sample_batch(config)
   model = get_model(config.model_name)(schema=schema, **config.model)
   shapes = jax.eval_shape(lambda b: model.init(jax.random.PRNGKey(0), b, train=False), batch)

@@ -10,9 +10,9 @@ import pytest
 
 from conftest import shared_path
 
-from ctrjax.data import prepare_dataset
 from ctrjax.data.dataset import Dataset
 from ctrjax.data.schema import SPLITS, SchemaError
+import data_prep
 from data_prep import avazu, criteo, tabular
 
 CRITEO_10K = ("data", "criteo-kaggle-first10k", "criteo_train_first10000.txt")
@@ -52,7 +52,7 @@ def raw10k():
 @pytest.fixture(scope="module")
 def c10k(tmp_path_factory):
   """The real 10k file, default protocol: min_count 10, numeric values, counts over the train split."""
-  path = criteo.prepare(tmp_path_factory.mktemp("criteo"), raw=shared_path(*CRITEO_10K))
+  path = criteo.prepare(tmp_path_factory.mktemp("criteo"), raw_dir=shared_path(*CRITEO_10K))
   return Dataset(path)  # validates dtypes, shapes, id ranges and counts
 
 
@@ -140,7 +140,7 @@ def test_criteo_every_value_matches_a_reference(c10k, c10k_rows, raw10k):
 
 def test_criteo_counts_over_all_rows_and_buckets(tmp_path, c10k_rows, raw10k):
   """vocab_rows='all' counts every line (AutoInt's scripts); numeric='bucket' makes I fields categorical."""
-  path = criteo.prepare(tmp_path, raw=shared_path(*CRITEO_10K), vocab_rows="all", numeric="bucket")
+  path = criteo.prepare(tmp_path, raw_dir=shared_path(*CRITEO_10K), vocab_rows="all", numeric="bucket")
   ds = Dataset(path)
   assert path.name == "criteo-criteo_train_first10000-min10-bucket-allrows-seed2018"
   rows = _rows(ds)
@@ -163,7 +163,7 @@ def test_criteo_counts_over_all_rows_and_buckets(tmp_path, c10k_rows, raw10k):
 
 
 def test_criteo_chunk_size_does_not_change_the_output(tmp_path, c10k):
-  path = criteo.prepare(tmp_path, raw=shared_path(*CRITEO_10K), chunk_bytes=40_000)  # ~160 lines a chunk
+  path = criteo.prepare(tmp_path, raw_dir=shared_path(*CRITEO_10K), chunk_bytes=40_000)  # ~160 lines a chunk
   other = Dataset(path)
   for split in SPLITS:
     for f in c10k.schema.fields:
@@ -185,7 +185,7 @@ def test_criteo_malformed_lines_are_counted_not_silently_dropped(tmp_path, raw10
   raw.write_text("\n".join(lines) + "\n")
   results = {}
   for chunk_bytes in (100, tabular.DEFAULT_CHUNK_BYTES):    # 100 bytes: shorter than one line
-    path = criteo.prepare(tmp_path / str(chunk_bytes), raw=tmp_path, min_count=2, chunk_bytes=chunk_bytes)
+    path = criteo.prepare(tmp_path / str(chunk_bytes), raw_dir=tmp_path, min_count=2, chunk_bytes=chunk_bytes)
     results[chunk_bytes] = ds = Dataset(path)
     bad = ds.stats["malformed"]
     assert bad["lines"] == 6 and bad["first_lines"] == [5, 17, 30, 44, 60, 100]
@@ -204,30 +204,29 @@ def test_criteo_all_lines_malformed_is_an_error(tmp_path, raw10k):
   header = ",".join(["label", *NUMERIC, *CATEGORICAL])
   raw.write_text(header + "\n" + "\t".join(raw10k[1]) + "\n" + ",".join(raw10k[2][:-1]) + "\n")
   with pytest.raises(SchemaError, match=r"bad.txt: all 2 data lines are malformed \(first: lines \[2, 3\]"):
-    criteo.prepare(tmp_path, raw=raw, min_count=1)
+    criteo.prepare(tmp_path, raw_dir=raw, min_count=1)
 
 
 def test_criteo_cache_reuse_and_args(tmp_path, capsys):
-  first = criteo.prepare(tmp_path, raw=shared_path(*CRITEO_10K), min_count=20)
+  first = criteo.prepare(tmp_path, raw_dir=shared_path(*CRITEO_10K), min_count=20)
   capsys.readouterr()
-  assert criteo.prepare(tmp_path, raw=shared_path(*CRITEO_10K), min_count=20) == first
+  assert criteo.prepare(tmp_path, raw_dir=shared_path(*CRITEO_10K), min_count=20) == first
   assert "reusing cached" in capsys.readouterr().out
-  other = criteo.prepare(tmp_path, raw=shared_path(*CRITEO_10K), min_count=20, seed=7)
+  other = criteo.prepare(tmp_path, raw_dir=shared_path(*CRITEO_10K), min_count=20, seed=7)
   assert other != first and Dataset(other).stats["rows"] == Dataset(first).stats["rows"]
   assert not np.array_equal(Dataset(other).columns["test"]["line"], Dataset(first).columns["test"]["line"])
   for bad in ({"min_count": 0}, {"numeric": "log"}, {"vocab_rows": "test"}):
     with pytest.raises(ValueError, match=next(iter(bad))):
-      criteo.prepare(tmp_path, raw=shared_path(*CRITEO_10K), **bad)
+      criteo.prepare(tmp_path, raw_dir=shared_path(*CRITEO_10K), **bad)
 
 
 def test_config_dispatch(tmp_path):
   cfg = ml_collections.ConfigDict(dict(name="criteo", out_root=str(tmp_path),
                                        raw_dir=str(shared_path(*CRITEO_10K))))
-  path = prepare_dataset(cfg)
+  path = data_prep.prepare(cfg)
   assert path.name == "criteo-criteo_train_first10000-min10-value-seed2018"
-  cfg = ml_collections.ConfigDict(dict(name="avazu", out_root=str(tmp_path), raw_dir="",
-                                       avazu=dict(min_count=2, vocab_rows="all", seed=3)))
-  assert prepare_dataset(cfg).name == "avazu-deepctr_avazu_sample-min2-allrows-seed3"
+  cfg = data_prep.dataset_config("avazu", out_root=str(tmp_path), min_count=2, vocab_rows="all", seed=3)
+  assert data_prep.prepare(cfg).name == "avazu-deepctr_avazu_sample-min2-allrows-seed3"
 
 
 # ---------------------------------------------------------------------------- other sample files
@@ -237,7 +236,7 @@ def test_criteo_headered_csv_samples(tmp_path):
   """DeepCTR's and torch-rechub's samples: the raw columns with a comma-separated header, floats."""
   for name, lines in (("deepctr_criteo_sample.txt", 200), ("torchrechub_criteo_sample.csv", 115)):
     raw = shared_path("data", "criteo-samples", name)
-    ds = Dataset(criteo.prepare(tmp_path, raw=raw, min_count=2))
+    ds = Dataset(criteo.prepare(tmp_path, raw_dir=raw, min_count=2))
     assert ds.stats["header_lines"] == 1 and ds.stats["malformed"]["lines"] == 0
     n_eval = lines // 10
     assert ds.stats["rows"] == {"train": lines - 2 * n_eval, "valid": n_eval, "test": n_eval}
@@ -254,7 +253,7 @@ def test_criteo_headered_csv_samples(tmp_path):
 def test_already_encoded_files_are_refused_on_line_1(tmp_path, module, folder, name):
   raw = shared_path("data", folder, name)
   with pytest.raises(SchemaError, match=rf"{name}, line 1: expected the raw .* header.*not supported"):
-    module.prepare(tmp_path, raw=raw)
+    module.prepare(tmp_path, raw_dir=raw)
 
 
 # ------------------------------------------------------------------------------------------ avazu
@@ -262,7 +261,7 @@ def test_already_encoded_files_are_refused_on_line_1(tmp_path, module, folder, n
 
 def test_avazu_sample_prepares(tmp_path):
   raw = shared_path("data", "avazu-samples", "deepctr_avazu_sample.txt")
-  ds = Dataset(avazu.prepare(tmp_path, raw=raw))
+  ds = Dataset(avazu.prepare(tmp_path, raw_dir=raw))
   assert ds.stats["rows"] == {"train": 80, "valid": 10, "test": 10}
   names = [f.name for f in ds.schema.group("context")]
   assert len(names) == 23 and names[:2] == ["hour", "weekday"] and "id" not in names

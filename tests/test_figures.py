@@ -7,14 +7,13 @@ import chex
 import numpy as np
 import pytest
 
+import data_prep
 from configs import autoint as autoint_config
 from configs import din as din_config
 from configs import feseq as feseq_config
 from ctrjax.layers.interaction import field_names
-from ctrjax.data import prepare_dataset
 from ctrjax.train import trainer
 from experiments import din_attention, field_attention
-from experiments.grid import dataset_of
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -23,7 +22,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def _train(config, workdir):
   config.dataset.name, config.dataset.out_root = "ml-latest-small", str(REPO / "data" / "prepared")
   config.num_epochs, config.batch_size, config.progress_bar = 1, 1024, False
-  trainer.train_and_evaluate(config, workdir, prepare_dataset(config.dataset))
+  trainer.train_and_evaluate(config, workdir, data_prep.prepare(config.dataset))
   return workdir
 
 
@@ -36,7 +35,7 @@ def autoint_run(tmp_path_factory):
 
 def test_autoint_figure_maps_are_attention_rows_over_the_test_set(autoint_run, tmp_path):
   sample, mean, names, row = field_attention.attention_maps(autoint_run, layer=1)
-  setup, _, _ = trainer.load_best(autoint_run, dataset_of(autoint_run))
+  setup, _, _ = trainer.load_best(autoint_run, data_prep.prepare_for_workdir(autoint_run))
   fields = len(field_names(setup.dataset.schema))
   assert names == field_names(setup.dataset.schema)
   chex.assert_shape((sample, mean), ((fields, fields), (fields, fields)))
@@ -51,7 +50,7 @@ def test_autoint_figure_maps_are_attention_rows_over_the_test_set(autoint_run, t
 def test_feseq_figure_maps_its_interaction_fields(tmp_path):
   run = _train(feseq_config.get_config(), tmp_path / "feseq")
   sample, mean, names, _ = field_attention.attention_maps(run)
-  setup, _, _ = trainer.load_best(run, dataset_of(run))
+  setup, _, _ = trainer.load_best(run, data_prep.prepare_for_workdir(run))
   assert names == setup.model.interaction_fields() and len(names) > 2
   chex.assert_shape((sample, mean), ((len(names), len(names)),) * 2)
   np.testing.assert_allclose(mean.sum(-1), 1.0, atol=1e-5)

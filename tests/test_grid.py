@@ -52,7 +52,7 @@ def grid_config(tmp_path_factory):
 
 def _run(config_path, workdir, *extra, check=True, command="run"):
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
-  cmd = [sys.executable, "-m", "ctrjax.main", command, f"--config={config_path}", f"--workdir={workdir}", *extra]
+  cmd = [sys.executable, "-m", "experiments.main", command, f"--config={config_path}", f"--workdir={workdir}", *extra]
   proc = subprocess.run(cmd, cwd=workdir.parent, env={**env, "PYTHONPATH": str(REPO)},
                         capture_output=True, text=True, timeout=300)
   if check and proc.returncode != 0:
@@ -64,7 +64,7 @@ def _start(config_path, workdir):
   """A grid worker in the background, its stdout and stderr merged."""
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu",
          "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-  cmd = [sys.executable, "-m", "ctrjax.main", "run", f"--config={config_path}", f"--workdir={workdir}"]
+  cmd = [sys.executable, "-m", "experiments.main", "run", f"--config={config_path}", f"--workdir={workdir}"]
   return subprocess.Popen(cmd, cwd=workdir.parent, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
 

@@ -9,16 +9,15 @@ import csv
 import datetime
 import gzip
 
-import ml_collections
 import numpy as np
 import pytest
 
 from conftest import shared_path
 
 from configs import base as base_config
-from ctrjax.data import prepare_dataset
 from ctrjax.data.dataset import Dataset
 from ctrjax.data.schema import OOV_ID, SPLITS, SchemaError
+import data_prep
 from data_prep import taobao
 
 # FuxiCTR's valid and test samples are the same untouched join; its train sample has 5 adgroup ids
@@ -316,10 +315,10 @@ def test_history_field_subset_cache_and_arguments(raw, tmp_path, capsys):
 
 
 def test_config_dataset_name_taobao(raw, tmp_path):
-  cfg = base_config.get_config().dataset
-  cfg.name, cfg.max_len, cfg.raw_dir, cfg.out_root = "taobao", MAX_LEN, str(raw), str(tmp_path)
-  assert prepare_dataset(cfg).name == f"taobao-len{MAX_LEN}"
-  cfg.taobao = ml_collections.ConfigDict(dict(valid_start=SECOND[0], test_start=SECOND[1]))
-  path = prepare_dataset(cfg)
+  cfg = data_prep.switch_dataset(base_config.get_config().dataset, "taobao")
+  cfg.max_len, cfg.raw_dir, cfg.out_root = MAX_LEN, str(raw), str(tmp_path)
+  assert data_prep.prepare(cfg).name == f"taobao-len{MAX_LEN}"
+  cfg.valid_start, cfg.test_start = SECOND
+  path = data_prep.prepare(cfg)
   assert path.name == f"taobao-len{MAX_LEN}-valid20170506000001-test20170506000002"
   assert Dataset(path).stats["rows"] == {"train": 28, "valid": 33, "test": 39}

@@ -13,8 +13,8 @@ import ml_collections
 import numpy as np
 import pytest
 
+import data_prep
 from configs import base as base_config
-from ctrjax.data import prepare_dataset
 from ctrjax.train import step as step_lib
 from ctrjax.train import trainer
 from ctrjax.train.checkpoint import Checkpointer
@@ -83,7 +83,7 @@ def test_one_and_four_devices_give_the_same_trajectory(dataset):
 def _run(dataset, workdir, *extra, env_extra=None, check=True):
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu",
          **(env_extra or {})}
-  cmd = [sys.executable, "-m", "ctrjax.main", "run", f"--config={REPO}/configs/base.py:quick",
+  cmd = [sys.executable, "-m", "experiments.main", "run", f"--config={REPO}/configs/base.py:quick",
          "--config.dataset.name=path", f"--config.dataset.path={dataset}", "--config.progress_bar=False",
          "--config.batch_size=64", "--config.eval_batch_size=256", "--config.model.hidden=(32,16)",
          "--config.model.dropout=0.1", "--config.checkpoint_every_steps=25", f"--workdir={workdir}", *extra]
@@ -195,7 +195,7 @@ def test_two_processes_train_the_same_model_as_one(dataset, tmp_path):
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
          "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}
   procs = [subprocess.Popen(
-      [sys.executable, "-m", "ctrjax.main", "run", f"--config={REPO}/configs/base.py:quick",
+      [sys.executable, "-m", "experiments.main", "run", f"--config={REPO}/configs/base.py:quick",
        "--config.dataset.name=path", f"--config.dataset.path={dataset}", "--config.progress_bar=False",
        "--config.batch_size=64", "--config.eval_batch_size=256", "--config.model.hidden=(32,16)",
        "--config.model.dropout=0.1", *common, f"--workdir={tmp_path / 'multi'}",
@@ -228,7 +228,7 @@ def test_bad_config_values_fail_fast_naming_the_field(dataset, field, value, mes
   with pytest.raises(ValueError) as e:
     if field == "dataset.name":
       config.dataset.path = ""
-      prepare_dataset(config.dataset)
+      data_prep.prepare(config.dataset)
     trainer.Setup(config, dataset)
   assert message in str(e.value)
 

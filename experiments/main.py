@@ -1,6 +1,7 @@
-"""Command line: ``python -m ctrjax.main run --config=FILE[:ARG] [--config.key=value]``,
-``python -m ctrjax.main report --config=GRID_FILE[:ARG]`` (a grid's tables from its finished runs) or
-``python -m ctrjax.main eval WORKDIR`` (see run.sh, which wraps them).
+"""Command line: ``python -m experiments.main run --config=FILE[:ARG] [--config.key=value]``,
+``python -m experiments.main report --config=GRID_FILE[:ARG]`` (a grid's tables from its finished runs) or
+``python -m experiments.main eval WORKDIR`` (see run.sh, which wraps them). It prepares the dataset
+(``data_prep.prepare``) and hands its path to the library.
 
 Multi-process (one process per host, e.g. on a GPU cluster): pass --coordinator_address,
 --num_processes and --process_id (or nothing on SLURM/TPU, where jax.distributed detects them)
@@ -14,6 +15,8 @@ import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+import data_prep
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:arg].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: config.workdir or workdirs/<config>).")
@@ -52,8 +55,7 @@ def main(argv):
   if command == "eval":
     if len(argv) != 3:
       raise app.UsageError("usage: eval WORKDIR")
-    from experiments.grid import dataset_of
-    out = trainer.evaluate_workdir(argv[2], dataset_of(argv[2]))
+    out = trainer.evaluate_workdir(argv[2], data_prep.prepare_for_workdir(argv[2]))
     logged = json.loads((pathlib.Path(argv[2]) / "result.json").read_text())["test"]
     for k in ("auc", "gauc", "logloss"):
       if k in out["test"]:
@@ -68,8 +70,7 @@ def main(argv):
   workdir = pathlib.Path(_WORKDIR.value or config.workdir or _default_workdir(config_arg))
   module = load_config_module(config_arg)
   grid = module.get_grid(config_arg.partition(":")[2] or None) if hasattr(module, "get_grid") else None
-  from ctrjax.data import prepare_dataset
-  dataset_path = prepare_dataset(config.dataset)
+  dataset_path = data_prep.prepare(config.dataset)
   if grid is not None:
     from experiments import report, runner
     results = pathlib.Path("results") / grid.name / config.dataset.name
