@@ -15,6 +15,8 @@ from typing import Any
 
 import ml_collections
 
+import data_prep
+
 FULL_SEEDS = (0, 1, 2, 3, 4)
 PROTOCOLS = {"quick": ((0, 1), 1),       # a smoke run: 2 seeds, 1 epoch
              "short": ((0, 1, 2), 3)}    # a grid too heavy for a small CPU: 3 seeds, at most 3 epochs
