@@ -20,6 +20,8 @@ from typing import Any, Callable, Mapping
 
 import ml_collections
 
+from ctrjax.errors import UserError
+
 
 @dataclasses.dataclass(frozen=True)
 class Option:
@@ -192,5 +194,5 @@ def prepare_for_workdir(workdir: str | pathlib.Path) -> pathlib.Path:
   """The prepared dataset of the run in ``workdir`` (from its config.json; prepared if not cached)."""
   config_path = pathlib.Path(workdir) / "config.json"
   if not config_path.is_file():
-    raise FileNotFoundError(f"{workdir}: no config.json (not a ctrjax workdir)")
+    raise UserError(f"{workdir}: no config.json (not a ctrjax workdir)")
   return prepare(ml_collections.ConfigDict(json.loads(config_path.read_text())["dataset"]))

@@ -7,8 +7,10 @@ Multi-process (one process per host, e.g. on a GPU cluster): pass --coordinator_
 --num_processes and --process_id (or nothing on SLURM/TPU, where jax.distributed detects them)
 together with --distributed.
 """
+import difflib
 import importlib.util
 import json
+import os
 import pathlib
 import re
 import sys
@@ -17,6 +19,11 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import data_prep
+from ctrjax.data.schema import SchemaError
+from ctrjax.errors import UserError
+from ctrjax.train import trainer
+from experiments import grid as grid_lib
+from experiments import report, runner
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:arg].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: config.workdir or workdirs/<config>).")
@@ -24,17 +31,14 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.ini
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
-
-
-def _default_workdir(config_arg: str) -> pathlib.Path:
-  path, _, arg = config_arg.partition(":")
-  name = pathlib.Path(path).stem + (f"_{re.sub(r'[^A-Za-z0-9=.,-]+', '_', arg)}" if arg else "")
-  return pathlib.Path("workdirs") / name
+flags.DEFINE_bool("debug", False, "Show the traceback of a user error (also CTRJAX_DEBUG=1).")
 
 
 def load_config_module(filename: str):
   """The config file as a module (a grid config defines get_grid next to get_config)."""
   path = filename.partition(":")[0]
+  if not pathlib.Path(path).is_file():
+    raise UserError(f"--config={filename}: no config file {path}")
   spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -50,51 +54,126 @@ def main(argv):
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
   jax.config.update("jax_compilation_cache_dir", str(pathlib.Path(".jax_cache").absolute()))
-  from ctrjax.train import trainer
   command = argv[1] if len(argv) > 1 else ""
   if command == "eval":
     if len(argv) != 3:
-      raise app.UsageError("usage: eval WORKDIR")
-    out = trainer.evaluate_workdir(argv[2], data_prep.prepare_for_workdir(argv[2]))
-    logged = json.loads((pathlib.Path(argv[2]) / "result.json").read_text())["test"]
-    for k in ("auc", "gauc", "logloss"):
-      if k in out["test"]:
-        print(f"test {k}: {out['test'][k]:.6f}  (logged {logged.get(k, float('nan')):.6f})")
-    return
+      raise UserError("usage: eval WORKDIR")
+    return _eval(pathlib.Path(argv[2]))
   if command not in ("run", "report"):
-    raise app.UsageError(f"unknown command {command!r}; use 'run', 'report' or 'eval'")
+    raise UserError(f"unknown command {command!r}; use 'run', 'report' or 'eval'")
   config = _CONFIG.value
   if config is None:
-    raise app.UsageError(f"{command} needs --config=FILE[:ARG]")
+    raise UserError(f"{command} needs --config=FILE[:ARG]")
   config_arg = config_flags.get_config_filename(flags.FLAGS["config"])
-  workdir = pathlib.Path(_WORKDIR.value or config.workdir or _default_workdir(config_arg))
   module = load_config_module(config_arg)
-  grid = module.get_grid(config_arg.partition(":")[2] or None) if hasattr(module, "get_grid") else None
+  arg = config_arg.partition(":")[2] or None
+  grid = module.get_grid(arg) if hasattr(module, "get_grid") else None
+  explicit_workdir = _WORKDIR.value or config.workdir or None
+  if grid is None and command == "report":
+    raise UserError(f"report: {config_arg} is not a grid config (it defines no get_grid)")
+  trainer.validate_config(config)
   dataset_path = data_prep.prepare(config.dataset)
-  if grid is not None:
-    from experiments import report, runner
-    results = pathlib.Path("results") / grid.name / config.dataset.name
-  if command == "report":
-    if grid is None:
-      raise app.UsageError(f"report: {config_arg} is not a grid config (it defines no get_grid)")
-    try:
-      report.write_report(grid, workdir, results, dataset_path)
-    except ValueError as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
+  if grid is None:
+    workdir = pathlib.Path(explicit_workdir or grid_lib.default_workdir(config_arg))
+    _announce(jax, workdir)
+    trainer.train_and_evaluate(config, workdir, dataset_path)
     return
+  root, results, overrides = grid_lib.grid_dirs(grid, config_arg, config, module.get_config(arg),
+                                                explicit_workdir)
+  if overrides:
+    print(f"overrides {json.dumps(overrides)}: runs in {root}, report in {results}", flush=True)
+  if command == "report":
+    runner.check_finished(config, grid, root)
+    report.write_report(grid, root, results, dataset_path)
+    return
+  _announce(jax, root)
+  runner.run_grid(config, grid, root, results, dataset_path)
+
+
+def _announce(jax, workdir: pathlib.Path) -> None:
   if jax.process_index() == 0:
     print(f"workdir {workdir}; devices {jax.device_count()} ({jax.devices()[0].platform}), "
           f"processes {jax.process_count()}", flush=True)
+
+
+def _eval(workdir: pathlib.Path) -> None:
+  """Re-evaluates the best checkpoint and prints it next to the logged result, if there is one (a
+  run killed before its end has checkpoints but no result.json)."""
+  out = trainer.evaluate_workdir(workdir, data_prep.prepare_for_workdir(workdir))
+  print(f"best step {out['best_step']}, best epoch {out['best_epoch']}")
   try:
-    if grid is not None:
-      runner.run_grid(config, grid, workdir, results, dataset_path)
-    else:
-      trainer.train_and_evaluate(config, workdir, dataset_path)
-  except trainer.TrainingDiverged as e:
-    print(f"error: {e}", file=sys.stderr)
+    logged = json.loads((workdir / "result.json").read_text())["test"]
+  except (OSError, ValueError, KeyError) as e:
+    logged = None
+    print(f"no logged test result to compare with ({workdir / 'result.json'}: {type(e).__name__})")
+  for split in ("valid", "test"):
+    for k in ("auc", "gauc", "logloss"):
+      if k in out[split]:
+        note = f"  (logged {logged.get(k, float('nan')):.6f})" if split == "test" and logged else ""
+        print(f"{split} {k}: {out[split][k]:.6f}{note}")
+
+
+def _debug(argv) -> bool:
+  return "--debug" in argv or os.environ.get("CTRJAX_DEBUG") == "1"
+
+
+def _one_line(e: BaseException) -> str:
+  """The last line of an error's message (absl wraps a config file's own error in its traceback)."""
+  lines = [l.strip() for l in str(e).strip().splitlines() if l.strip()]
+  line = lines[-1] if lines else type(e).__name__
+  return re.sub(r"^(ValueError|KeyError|AttributeError|TypeError): ", "", line)
+
+
+def _unknown_override(argv) -> str | None:
+  """The first ``--config.a.b=`` override naming a field the config file does not have, as a message."""
+  config_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if config_arg is None:
+    return None
+  path, _, arg = config_arg.partition(":")
+  config = load_config_module(path).get_config(arg or None)
+  for a in argv:
+    if not a.startswith("--config."):
+      continue
+    key = a[len("--config."):].split("=", 1)[0]
+    node = config
+    for part in key.split("."):
+      if not hasattr(node, "keys") or part not in node:
+        known = sorted(node.keys()) if hasattr(node, "keys") else []
+        close = difflib.get_close_matches(part, known, n=3)
+        hint = f"did you mean {' or '.join(close)}?" if close else f"fields there: {', '.join(known)}"
+        return f"--config.{key}: {path} has no field {part!r} ({hint})"
+      node = node[part]
+  return None
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with a user error (bad flag, unknown or mistyped config field, bad config
+  argument) as one line and exit status 2 instead of a traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # noqa: BLE001 -- absl and ml_collections raise several types here
+    if _debug(argv):
+      raise
+    try:
+      message = _unknown_override(argv) or _one_line(e)
+    except Exception:  # noqa: BLE001 -- the config file itself fails: its own error is the message
+      message = _one_line(e)
+    print(f"error: {message}  (--debug for the traceback)", file=sys.stderr)
+    sys.exit(2)
+
+
+def run(argv):
+  """``main`` with user errors (config values, data, workdir conflicts, divergence) as one line on
+  stderr and exit status 2; ``--debug`` or CTRJAX_DEBUG=1 shows the traceback instead."""
+  try:
+    main(argv)
+  except (UserError, SchemaError, ValueError) as e:
+    if _debug(sys.argv):
+      raise
+    print(f"error: {_one_line(e) if not isinstance(e, UserError) else e}  (--debug for the traceback)",
+          file=sys.stderr)
     sys.exit(2)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(run, flags_parser=parse_flags)

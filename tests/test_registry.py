@@ -8,6 +8,7 @@ import json
 import pytest
 
 import data_prep
+from ctrjax.errors import UserError
 from data_prep import synthetic
 from tests.conftest import REPO, shared_path
 
@@ -100,5 +101,5 @@ def test_prepare_for_workdir_reads_the_run_config(tmp_path):
   (tmp_path / "run" / "config.json").write_text(json.dumps(
       {"seed": 0, "dataset": data_prep.dataset_config("path", path=str(dataset)).to_dict()}))
   assert data_prep.prepare_for_workdir(tmp_path / "run") == dataset
-  with pytest.raises(FileNotFoundError, match="no config.json"):
+  with pytest.raises(UserError, match="no config.json"):
     data_prep.prepare_for_workdir(tmp_path)
