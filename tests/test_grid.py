@@ -73,6 +73,11 @@ def _trained(output: str) -> list[str]:
   return re.findall(r"\] (\w+ seed \d): running in", output)
 
 
+def _results(root):
+  """A grid's report with an explicit --workdir: under it, labelled by the dataset directory (ds)."""
+  return root / "results" / "toy_grid" / "ds"
+
+
 def _table(results_dir):
   with open(results_dir / "table.csv") as fh:
     return [{k: v for k, v in row.items() if k != "seconds_per_epoch"} for row in csv.DictReader(fh)]
@@ -86,7 +91,7 @@ def finished_grid(grid_config, tmp_path_factory):
 
 
 def test_grid_writes_table_with_statistics_and_figures(finished_grid):
-  results = finished_grid.parent / "results" / "toy_grid" / "path"
+  results = _results(finished_grid)
   rows = {r["variant"]: r for r in _table(results)}
   assert set(rows) == {"sum", "mean"} and rows["sum"]["seeds"] == "2"
   aucs = {v: [float(__import__("json").loads((finished_grid / v / f"seed{s}" / "result.json").read_text())["test"]["auc"])
@@ -111,8 +116,8 @@ def test_killed_grid_resumes_to_the_identical_table(grid_config, finished_grid, 
   assert not (root / "sum" / "seed0" / "result.json").exists()
   proc = _run(grid_config, root)
   assert "resumed from step 20" in proc.stdout
-  assert _table(tmp_path / "results" / "toy_grid" / "path") == _table(
-      finished_grid.parent / "results" / "toy_grid" / "path")
+  assert _table(_results(root)) == _table(
+      _results(finished_grid))
   proc = _run(grid_config, root)                            # everything done: all skipped
   assert proc.stdout.count("done, skipped") == 4
 
@@ -121,8 +126,8 @@ def test_seeds_in_parallel_grid_matches_the_sequential_table(grid_config, finish
   root = tmp_path / "runs"
   proc = _run(grid_config, root, "--config.seeds_in_parallel=True")
   assert proc.stdout.count("in one program") == 2           # one program per variant, both seeds
-  together = {r["variant"]: r for r in _table(tmp_path / "results" / "toy_grid" / "path")}
-  separate = {r["variant"]: r for r in _table(finished_grid.parent / "results" / "toy_grid" / "path")}
+  together = {r["variant"]: r for r in _table(_results(root))}
+  separate = {r["variant"]: r for r in _table(_results(finished_grid))}
   for variant, row in separate.items():
     for key in ("seeds", "params_excl_embeddings", "best_epoch_mean"):
       assert together[variant][key] == row[key]
@@ -142,8 +147,8 @@ def test_two_workers_share_a_grid_and_train_each_run_once(grid_config, finished_
   assert [w.returncode for w in workers] == [0, 0], outputs
   assert sorted(_trained(outputs[0]) + _trained(outputs[1])) == [
       "mean seed 0", "mean seed 1", "sum seed 0", "sum seed 1"]
-  assert _table(tmp_path / "results" / "toy_grid" / "path") == _table(
-      finished_grid.parent / "results" / "toy_grid" / "path")
+  assert _table(_results(root)) == _table(
+      _results(finished_grid))
 
 
 def test_a_run_held_by_a_dead_worker_is_taken_over_at_the_end(grid_config, finished_grid, tmp_path):
@@ -160,8 +165,8 @@ def test_a_run_held_by_a_dead_worker_is_taken_over_at_the_end(grid_config, finis
   assert worker.returncode == 0, output
   assert "[2/4] sum seed 1: another worker holds it" in output
   assert _trained(output) == ["sum seed 0", "mean seed 0", "mean seed 1", "sum seed 1"]
-  assert _table(tmp_path / "results" / "toy_grid" / "path") == _table(
-      finished_grid.parent / "results" / "toy_grid" / "path")
+  assert _table(_results(root)) == _table(
+      _results(finished_grid))
 
 
 def test_report_of_an_unfinished_grid_has_the_finished_variants_and_names_the_rest(
@@ -171,10 +176,10 @@ def test_report_of_an_unfinished_grid_has_the_finished_variants_and_names_the_re
   (root / "mean" / "seed1" / "result.json").unlink()         # "mean" still training
   proc = _run(grid_config, root, command="report")
   assert "wrote" in proc.stdout
-  results = tmp_path / "results" / "toy_grid" / "path"
+  results = _results(root)
   rows = _table(results)
   assert [r["variant"] for r in rows] == ["sum"]
-  assert rows == [r for r in _table(finished_grid.parent / "results" / "toy_grid" / "path") if r["variant"] == "sum"]
+  assert rows == [r for r in _table(_results(finished_grid)) if r["variant"] == "sum"]
   markdown = (results / "table.md").read_text()
   assert "Not finished yet, so not in the tables: mean." in markdown and "| mean |" not in markdown
   assert "## Pooling" not in markdown                       # only the reference there: no section
