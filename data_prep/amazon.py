@@ -78,7 +78,7 @@ import numpy as np
 
 from ctrjax.data.schema import FIRST_ID, OOV_ID, SPLITS, Field, Schema, SchemaError
 from ctrjax.data.writer import DatasetWriter
-from data_prep.common import CORRUPT_POLICIES, CorruptLines, resolve, reuse_cached, shared_root
+from data_prep.common import CORRUPT_POLICIES, CorruptLines, one_at_a_time, resolve, reuse_cached, shared_root
 
 PREP_VERSION = 1
 DEFAULT_SEED = 1234  # DIN's build_dataset.py random.seed
@@ -398,6 +398,7 @@ def _build(reviews_path: pathlib.Path, meta_path: pathlib.Path | None, max_len: 
 # ------------------------------------------------------------------------------------------- API
 
 
+@one_at_a_time
 def prepare(out_root: str | os.PathLike = "data/prepared", *, category: str = "Electronics",
             raw_dir: str | os.PathLike = "", max_len: int = 30, seed: int = DEFAULT_SEED,
             on_corrupt: str = "skip", force: bool = False) -> pathlib.Path:

@@ -34,6 +34,7 @@ import pathlib
 import numpy as np
 
 from data_prep import tabular
+from data_prep.common import one_at_a_time
 
 CATEGORICAL = ("C1", "banner_pos", "site_id", "site_domain", "site_category", "app_id", "app_domain",
                "app_category", "device_id", "device_ip", "device_model", "device_type", "device_conn_type",
@@ -63,6 +64,7 @@ LAYOUT = tabular.Layout(
                             hour_fields))
 
 
+@one_at_a_time
 def prepare(out_root: str | os.PathLike = "data/prepared", *, raw_dir: str | os.PathLike = "",
             min_count: int = MIN_COUNT, vocab_rows: str = "train", seed: int = tabular.DEFAULT_SEED,
             chunk_bytes: int = tabular.DEFAULT_CHUNK_BYTES, force: bool = False) -> pathlib.Path:

@@ -39,6 +39,7 @@ import os
 import pathlib
 
 from data_prep import tabular
+from data_prep.common import one_at_a_time
 
 NUMERIC = tuple(f"I{i}" for i in range(1, 14))
 CATEGORICAL = tuple(f"C{i}" for i in range(1, 27))
@@ -49,6 +50,7 @@ LAYOUT = tabular.Layout(
     numeric=NUMERIC, headerless_sep="\t")
 
 
+@one_at_a_time
 def prepare(out_root: str | os.PathLike = "data/prepared", *, raw_dir: str | os.PathLike = "",
             min_count: int = MIN_COUNT, numeric: str = "value", vocab_rows: str = "train",
             seed: int = tabular.DEFAULT_SEED, chunk_bytes: int = tabular.DEFAULT_CHUNK_BYTES,

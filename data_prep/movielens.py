@@ -103,7 +103,7 @@ import numpy as np
 
 from ctrjax.data.schema import FIRST_ID, OOV_ID, SPLITS, Field, Schema, SchemaError
 from ctrjax.data.writer import DatasetWriter
-from data_prep.common import REPO, resolve, reuse_cached, shared_root
+from data_prep.common import REPO, one_at_a_time, resolve, reuse_cached, shared_root
 
 DATASETS = ("ml-latest-small", "ml-100k", "ml-1m")
 PROTOCOLS = ("din", "autoint", "autoint7")
@@ -733,6 +733,7 @@ def _build_autoint7(dataset: str, raw_dir: pathlib.Path, out_dir: pathlib.Path, 
 # ------------------------------------------------------------------------------------------- API
 
 
+@one_at_a_time
 def prepare(dataset: str, out_root: str | os.PathLike = "data/prepared", *,
             raw_dir: str | os.PathLike = "", protocol: str = "din", max_len: int = 30,
             holdout: int = 1, sequence_fields: str = "basic", force: bool = False) -> pathlib.Path:

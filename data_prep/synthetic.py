@@ -77,6 +77,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 from ctrjax import metrics
 from ctrjax.data.schema import FIRST_ID, OOV_ID, PAD_ID, Field, Schema
 from ctrjax.data.writer import DatasetWriter, is_complete
+from data_prep.common import damage, one_at_a_time
 
 VERSION = 1            # bump when the generated data changes for the same arguments (invalidates caches)
 BLOCK_ROWS = 8192      # internal RNG block; changing it changes the data (bump VERSION)
@@ -389,6 +390,7 @@ def _cached_ok(path: pathlib.Path, args: dict) -> bool:
   return prep.get("version") == VERSION and prep.get("args") == args
 
 
+@one_at_a_time
 def prepare(out_root="data/prepared", force=False, **kwargs) -> pathlib.Path:
   """generate() into ``<out_root>/synthetic-<hash of the arguments>``, reusing a complete cached copy.
 
@@ -400,7 +402,7 @@ def prepare(out_root="data/prepared", force=False, **kwargs) -> pathlib.Path:
   if not root.is_absolute():
     root = REPO / root
   out = root / f"synthetic-{args_hash(a)}"
-  if not force and is_complete(out) and _cached_ok(out, a):
+  if not force and is_complete(out) and _cached_ok(out, a) and not damage(out):
     return out
   if out.exists() and not is_complete(out):
     shutil.rmtree(out)

@@ -100,7 +100,7 @@ import numpy as np
 
 from ctrjax.data.schema import FIRST_ID, OOV_ID, SPLITS, Field, Schema, SchemaError
 from ctrjax.data.writer import DatasetWriter
-from data_prep.common import CORRUPT_POLICIES, CorruptLines, resolve, reuse_cached, shared_root
+from data_prep.common import CORRUPT_POLICIES, CorruptLines, one_at_a_time, resolve, reuse_cached, shared_root
 
 PREP_VERSION = 1
 READ_CHUNK_LINES = 1 << 20
@@ -619,6 +619,7 @@ def _history_fields(history_fields) -> tuple[str, ...]:
   return tuple(f for f in HISTORY_FIELDS if f in fields)
 
 
+@one_at_a_time
 def prepare(out_root: str | os.PathLike = "data/prepared", *, raw_dir: str | os.PathLike = "",
             max_len: int = 50, valid_start: str = DEFAULT_VALID_START, test_start: str = DEFAULT_TEST_START,
             history_fields=HISTORY_FIELDS, on_corrupt: str = "skip", force: bool = False) -> pathlib.Path:
