@@ -14,26 +14,26 @@ results/ablation_din[_quick]/<dataset>/.
 """
 import ml_collections
 
-from configs import base, bst, dien, din
+from configs import base, bst, dien
+from ctrjax.models import default_config
 from experiments.grid import Grid, apply_grid_arg, grid_identity, parse_arg
 
 DATASETS = ("ml-latest-small", "ml-100k")
 
 
-def _deep(**extra) -> dict:
-  return dict(embed_dim=16, hidden=(200, 80), activation="prelu", dropout=0.0, batch_norm=False,
-              init_std=0.02, **extra)
+def _m(name: str, **overrides) -> dict:
+  """Variant: model ``name`` with the fields that differ from its defaults."""
+  return {"model_name": name, "model": default_config(name, **overrides).to_dict()}
 
 
 VARIANTS = {
-    "lr": {"model_name": "lr", "model": {"init_std": 1e-4}},
-    "base_model": {"model_name": "base_model", "model": _deep(pooling="sum", id_dropout=0.0)},
-    "wide_deep": {"model_name": "wide_deep",
-                  "model": _deep(wide_cross=("item_id", "hist_item_id"), cross_buckets=2 ** 20)},
-    "pnn": {"model_name": "pnn", "model": _deep(pooling="sum")},
-    "deepfm": {"model_name": "deepfm", "model": _deep(pooling="sum")},
-    "din": {"model_name": "din", "model": din.model_config("prelu").to_dict()},
-    "din_dice": {"model_name": "din", "model": din.model_config("dice").to_dict()},
+    "lr": _m("lr"),
+    "base_model": _m("base_model"),
+    "wide_deep": _m("wide_deep"),
+    "pnn": _m("pnn"),
+    "deepfm": _m("deepfm"),
+    "din": _m("din"),
+    "din_dice": _m("din", dnn={"activation": "dice"}),
     "dien": {"model_name": "dien", "model": dien.get_config().model.to_dict()},
     "bst": {"model_name": "bst", "model": bst.get_config().model.to_dict()},
 }

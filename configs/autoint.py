@@ -16,18 +16,9 @@ stopping are configs/base.py's, shared with the other baselines (the paper: batc
 import ml_collections
 
 from configs import base
+from ctrjax.models import default_config
 
 ARGS = ("quick", "plain", "official")
-
-
-def model_config(plain: bool = False, variant: str = "paper") -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      embed_dim=16, pooling="mean", num_layers=3, num_heads=2, attention_dim=32, residual=True,
-      variant=variant,                 # paper (eq. 5-8) | official (ReLU Q/K/V, 1/√d', LayerNorm)
-      attention_dropout=0.0, embedding_dropout=0.0,
-      hidden=() if plain else (400, 400),   # () = AutoInt; widths = AutoInt+'s joint DNN
-      activation="relu", dropout=0.0, batch_norm=False, batch_norm_momentum=0.99, init_std=0.02,
-      dnn_kernel_init="xavier_normal"))  # DNN kernels; torch_linear = PyTorch's nn.Linear default
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -37,5 +28,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     raise ValueError(f"configs/autoint.py: unknown argument(s) {sorted(unknown)}; known: {list(ARGS)}")
   c = base.get_config("quick" if "quick" in args else None)
   c.model_name = "autoint"
-  c.model = model_config("plain" in args, "official" if "official" in args else "paper")
+  c.model = default_config("autoint", variant="official" if "official" in args else "paper",
+                           dnn={"hidden": () if "plain" in args else (400, 400)})
   return c

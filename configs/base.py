@@ -9,6 +9,8 @@ and prints test AUC, GAUC and logloss; everything lands in workdirs/base[_ARG]/.
 """
 import ml_collections
 
+from ctrjax.models import default_config
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -40,12 +42,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       history_fields=("cate", "brand", "btag", "hour", "weekday"), on_corrupt="skip"))
 
   c.model_name = "base_model"          # a module of ctrjax/models/
-  c.model = ml_collections.ConfigDict(dict(
-      embed_dim=16, hidden=(200, 80), activation="prelu", dropout=0.0, batch_norm=False,
-      batch_norm_momentum=0.99,        # BatchNorm running-average decay (PyTorch's momentum 0.1 = 0.9)
-      dnn_kernel_init="xavier_normal", # DNN kernels; torch_linear = PyTorch's nn.Linear default
-      pooling="sum", init_std=0.02,
-      id_dropout=0.0))                 # DIN §6.5 "Dropout" regulariser: discard this share of ids (train)
+  c.model = default_config("base_model")   # every field of the model, its defaults (ctrjax/models/)
 
   c.batch_size = 128
   c.eval_batch_size = 1024

@@ -64,7 +64,7 @@ import jax.numpy as jnp
 
 from ctrjax.data.schema import Schema
 from ctrjax.layers.embedding import FeatureEmbedding
-from ctrjax.layers.mlp import MLP
+from ctrjax.layers.mlp import DNN
 from ctrjax.layers.sequence import (NORMS, POOLING_SCORES, FieldInteractionLayer, SequenceTransformerBlock,
                                     TargetAttentionPool, align_fields, attention_mask, pool_tokens,
                                     reverse_positions, time_buckets, with_candidate, without_fields)
@@ -118,7 +118,7 @@ class Model(nn.Module):
   num_layers: int = 1
   refiner_norm: str = "none"             # 'none' (official), 'post_ln' or 'pre_ln'
   attention_dropout: float = 0.1
-  dropout: float = 0.0                   # Transformer, pooling projections and MLP
+  dropout: float = 0.0                   # Transformer and pooling projections
   # sequence pooling (§3.4)
   pooling: str = "attention"             # 'attention', 'target' or 'mean' (Table 8)
   pooling_score: str = "bilinear"        # 'bilinear', 'dot' or 'din' (Table 9)
@@ -126,8 +126,7 @@ class Model(nn.Module):
   pooling_dim: int = 128                 # d_h
   din_hidden: Sequence[int] = (512, 256, 128)
   # output layer
-  hidden: Sequence[int] = (1024, 512, 256)
-  activation: str = "leaky_relu"
+  dnn: DNN = DNN((1024, 512, 256), "leaky_relu")
   init_std: float = 0.02
 
   def __post_init__(self):
@@ -217,7 +216,7 @@ class Model(nn.Module):
     else:
       pooled = pool_tokens(x, valid, self.pooling)
     z = jnp.concatenate([*others, pooled], axis=-1)
-    logit = MLP(self.hidden, self.activation, self.dropout, output_dim=1, name="mlp")(z, train)
+    logit = self.dnn.tower(output_dim=1)(z, train)
     out["logit"] = logit[:, 0]
     return out
 
