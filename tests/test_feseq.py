@@ -17,8 +17,8 @@ from configs import sasrec as sasrec_config
 from configs import tisasrec as tisasrec_config
 from ctrjax.data.dataset import Dataset
 from ctrjax.data.schema import Field, Schema
-from ctrjax.layers.sequence import (TargetAttentionPool, align_fields, attention_mask, reverse_positions,
-                                    time_buckets)
+from ctrjax.layers.sequence import TargetAttentionPool, align_fields, reverse_positions, time_buckets
+from ctrjax.layers.transformer import attention_mask
 from ctrjax.models import available, build_model
 from data_prep import movielens
 from experiments.grid import with_overrides

@@ -85,8 +85,7 @@ class Model(nn.Module):
       x = jnp.concatenate([x, jnp.broadcast_to(by_distance[::-1], (*x.shape[:2], self.embed_dim))],
                           axis=-1)
     for layer in range(self.num_layers):
-      x = TransformerBlock(self.num_heads, self.ffn_mult * x.shape[-1], self.dropout, "post_ln",
-                           kernel_init=nn.initializers.xavier_normal(),
+      x = TransformerBlock(self.num_heads, self.ffn_mult * x.shape[-1], dropout=self.dropout, norm="post_ln",
                            name=f"transformer_{layer}")(x, valid, train)
     parts = [v for group in ("user", "item", "context") for v in emb[group].values()]
     z = jnp.concatenate([*parts, self._pool(x, valid)], axis=-1)

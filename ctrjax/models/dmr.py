@@ -51,10 +51,8 @@ import optax
 from ctrjax.data.schema import Schema
 from ctrjax.layers.attention import masked_softmax
 from ctrjax.layers.embedding import FeatureEmbedding, masked_sum
-from ctrjax.layers.mlp import DNN, MLP, PReLU
+from ctrjax.layers.mlp import DNN, MLP, XAVIER, PReLU
 from ctrjax.layers.sequence import AlignedFields, align_fields, reverse_positions, without_fields
-
-_xavier = nn.initializers.xavier_normal()
 
 
 class OutputTokens(nn.Module):
@@ -114,7 +112,7 @@ class Model(nn.Module):
       return scorer(units, train)[..., 0]
 
     def query(inputs, name):
-      return PReLU(name=f"{name}_prelu")(nn.Dense(width, kernel_init=_xavier, name=name)(inputs))
+      return PReLU(name=f"{name}_prelu")(nn.Dense(width, kernel_init=XAVIER, name=name)(inputs))
 
     # item-to-item
     positions = self.param("i2i_position", init, (length, self.position_dim))[order]
@@ -130,7 +128,7 @@ class Model(nn.Module):
     u2i_scores = scores(jnp.broadcast_to(query(positions, "u2i_query"), behaviors.shape), "u2i_attention")
     history = mask[:, None, :] & jnp.tril(jnp.ones((length, length), bool))        # row t: j ≤ t, valid
     weights = masked_softmax(jnp.broadcast_to(u2i_scores[:, None, :], history.shape), history)
-    users = PReLU(name="user_prelu")(nn.Dense(width, kernel_init=_xavier, name="user")(
+    users = PReLU(name="user_prelu")(nn.Dense(width, kernel_init=XAVIER, name="user")(
         jnp.einsum("btj,bjd->btd", weights, behaviors)))                          # u_t [B, T, D]
     output_behaviors, output_candidate = OutputTokens(self.schema, aligned, self.embed_dim, self.init_std,
                                                       name="output")(batch)

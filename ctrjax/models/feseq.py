@@ -65,9 +65,9 @@ import jax.numpy as jnp
 from ctrjax.data.schema import Schema
 from ctrjax.layers.embedding import FeatureEmbedding
 from ctrjax.layers.mlp import DNN
-from ctrjax.layers.sequence import (NORMS, POOLING_SCORES, FieldInteractionLayer, SequenceTransformerBlock,
-                                    TargetAttentionPool, align_fields, attention_mask, pool_tokens,
-                                    reverse_positions, time_buckets, with_candidate, without_fields)
+from ctrjax.layers.sequence import (POOLING_SCORES, FieldInteractionLayer, TargetAttentionPool, align_fields,
+                                    pool_tokens, reverse_positions, time_buckets, with_candidate, without_fields)
+from ctrjax.layers.transformer import NORMS, TransformerBlock, attention_mask
 
 POOLINGS = ("attention", "target", "mean")
 
@@ -200,9 +200,9 @@ class Model(nn.Module):
     self.sow("intermediates", "refiner_input", x)
     allow = attention_mask(valid, self.causal)
     for layer in range(self.num_layers):
-      x, _ = SequenceTransformerBlock(self.num_heads, ffn_activation="leaky_relu", dropout=self.dropout,
-                                      attention_dropout=self.attention_dropout, norm=self.refiner_norm,
-                                      name=f"refiner_{layer}")(x, allow, train)
+      x = TransformerBlock(self.num_heads, ffn_activation="leaky_relu", dropout=self.dropout,
+                           attention_dropout=self.attention_dropout, norm=self.refiner_norm,
+                           name=f"refiner_{layer}")(x, allow, train)
     if self.refiner_norm == "pre_ln":
       x = nn.LayerNorm(name="refiner_final_ln")(x)
     self.sow("intermediates", "refiner_output", x)

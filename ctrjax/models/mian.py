@@ -147,8 +147,8 @@ class Model(nn.Module):
     if self.position_embedding:
       x = x + self.param("position_embedding", init, behaviors.shape[1:])
     if self.ibim_encoder != "none":
-      x = TransformerBlock(self.num_heads, self.ffn_mult * x.shape[-1], self.dropout,
-                           self.ibim_encoder, attention_bias=False, kernel_init=kernel_init,
+      x = TransformerBlock(self.num_heads, self.ffn_mult * x.shape[-1], dropout=self.dropout,
+                           norm=self.ibim_encoder, attention_bias=False, kernel_init=kernel_init,
                            name="ibim_encoder")(x, mask, train)
     items = jnp.broadcast_to(item[:, None], (*x.shape[:2], item.shape[-1]))
     return ScoredAttentionPool(self.score, per_token_weights=False, kernel_init=kernel_init,

@@ -31,8 +31,9 @@ import jax.numpy as jnp
 from ctrjax.data.schema import Schema
 from ctrjax.layers.embedding import FeatureEmbedding
 from ctrjax.layers.mlp import DNN
-from ctrjax.layers.sequence import (NORMS, POOLINGS, SequenceTransformerBlock, align_fields, attention_mask,
-                                    pool_tokens, reverse_positions, with_candidate, without_fields)
+from ctrjax.layers.sequence import (POOLINGS, align_fields, pool_tokens, reverse_positions, with_candidate,
+                                    without_fields)
+from ctrjax.layers.transformer import NORMS, TransformerBlock, attention_mask
 
 
 class Model(nn.Module):
@@ -72,9 +73,8 @@ class Model(nn.Module):
     x = nn.Dropout(self.dropout, deterministic=not train)(x + positions[reverse_positions(x.shape[1])])
     allow = attention_mask(valid, self.causal)
     for layer in range(self.num_layers):
-      x, _ = SequenceTransformerBlock(self.num_heads, ffn_activation="relu", dropout=self.dropout,
-                                      attention_dropout=self.attention_dropout, norm=self.norm,
-                                      name=f"block_{layer}")(x, allow, train)
+      x = TransformerBlock(self.num_heads, dropout=self.dropout, attention_dropout=self.attention_dropout,
+                           norm=self.norm, name=f"block_{layer}")(x, allow, train)
     if self.norm == "pre_ln":
       x = nn.LayerNorm(name="final_ln")(x)
     z = jnp.concatenate([*aligned.other_vectors(emb), pool_tokens(x, valid, self.pooling)], axis=-1)
