@@ -19,8 +19,8 @@ Every field of a Criteo row is one of the M = 39 fields (13 numeric, value × ve
 26 categorical). Adam 1e-3 (paper), embedding 16, batch 256 (the paper's 1024 leaves 8 steps per
 epoch on the 8,000 training rows of the sample), early stopping on valid AUC with patience 2. There
 is no user id, so no GAUC. RelaImpr is against AutoInt (no DNN).
-With dataset=ml-100k: the paper's MovieLens form (data_prep/movielens.py protocol "autoint7", models.md
-§16.2): gender, age, occupation, zip, genres (mean-pooled), release-year bucket, timestamp (numeric,
+With dataset=ml-100k: the paper's MovieLens form (§5.1.1; data_prep/movielens.py protocol "autoint7"):
+gender, age, occupation, zip, genres (mean-pooled), release-year bucket, timestamp (numeric,
 value × vector); no user or movie ids; rating 3 dropped; random 80/10/10 split (seed 2019); GAUC
 grouped by the (non-input) user.
 """

@@ -8,7 +8,7 @@ DIN and DIN with Dice, plus the later DIEN and BST (configs/dien.py, configs/bst
 
 Shared setting (configs/base.py): embedding 16 per field, behaviours sum-pooled (DIN: attention),
 prediction MLP 200-80 PReLU (Dice for DIN with Dice), Adam 1e-3, batch 128, early stopping on
-valid AUC, no regularisation (the authors used none on public data, models.md §3.4).
+valid AUC, no regularisation (the DIN paper §6.5: its public datasets do not overfit).
 Runs in workdirs/ablation_din[_ARG]/<model>/seed<k>; tables and figures in
 results/ablation_din[_quick]/<dataset>/.
 """

@@ -1,4 +1,4 @@
-"""AutoInt+ (CIKM'19) with the paper's setting (models.md §5.4), on ml-latest-small.
+"""AutoInt+ (CIKM'19) with the paper's setting (§5.1.4), on ml-latest-small.
 
   ./run.sh configs/autoint.py                     # AutoInt+: interacting layers + joint DNN
   ./run.sh configs/autoint.py:plain               # AutoInt (no DNN)

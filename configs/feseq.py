@@ -1,5 +1,5 @@
 """FESeq (Feature Interaction-Enhanced Sequential Transformer, 2024) with the paper's settings
-(FESeq_3_eleme, models.md §6.3) on MovieLens with aligned, timed behaviour fields.
+(the official code's FESeq_3_eleme config) on MovieLens with aligned, timed behaviour fields.
 
   ./run.sh configs/feseq.py                        # ml-latest-small, early stopping on valid AUC
   ./run.sh configs/feseq.py:quick                  # 2 epochs

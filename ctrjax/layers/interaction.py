@@ -25,7 +25,7 @@ def inner_products(x: jax.Array) -> jax.Array:
 
 
 class FirstOrder(nn.Module):
-  """b + Σ_f w_f(x_f): one scalar weight per id (FuxiCTR's LogisticRegression, models.md §15);
+  """b + Σ_f w_f(x_f): one scalar weight per id (FuxiCTR's LogisticRegression);
   multi-valued fields and behaviour sequences contribute the mean of their ids' weights,
   numeric fields w·x. Returns the logit term [B]."""
   schema: Schema
@@ -41,9 +41,9 @@ class FirstOrder(nn.Module):
 
 
 def field_vectors(emb: dict, batch: dict, pooling: str = "mean") -> jax.Array:
-  """The field matrix E [B, F, d] of the feature-interaction models (models.md, common notes for
-  §9–15): one vector per field in ``pooled_fields`` order, a behaviour field pooled over its valid
-  positions (mean: a history is one multi-hot field for the non-sequence baselines)."""
+  """The field matrix E [B, F, d] of the feature-interaction models (as FuxiCTR's): one vector per
+  field in ``pooled_fields`` order, a behaviour field pooled over its valid positions (mean: a
+  history is one multi-hot field for the non-sequence baselines)."""
   mask = batch["behavior"]["mask"] if emb["behavior"] else None
   return jnp.stack(list(pooled_fields(emb, mask, pooling).values()), axis=1)
 
@@ -160,7 +160,7 @@ class InteractingLayer(nn.Module):
 
   paper (eq. 5–8): α^h_{m,k} = softmax_k(⟨W^h_Q e_m, W^h_K e_k⟩), ẽ^h_m = Σ_k α^h_{m,k} W^h_V e_k,
   ẽ_m = ⊕_h ẽ^h_m, e^Res_m = ReLU(ẽ_m + W_Res e_m) (ReLU(ẽ_m) without the residual); linear maps
-  without biases. official (featureRec/autoint/model.py, models.md §5.2): Q, K, V and the residual
+  without biases. official (the official code, featureRec/autoint/model.py): Q, K, V and the residual
   are ReLU(Dense + bias), scores / √d', then LayerNorm(ε=1e-8) after the ReLU. The returned
   attention is before the (official code's) attention dropout, so each row sums to 1.
   """

@@ -26,7 +26,7 @@ class Dice(nn.Module):
   """Dice (DIN paper eq. 9): f(s) = p(s)·s + (1 − p(s))·α·s, p(s) = σ((s − E[s]) / √(Var[s] + ε)).
 
   Statistics are per channel over every other axis (for [B, T, H] attention inputs: over B·T,
-  padding included, as FuxiCTR/DeepCTR). variant 'paper' (FuxiCTR, models.md §2.3): mini-batch
+  padding included, as FuxiCTR/DeepCTR). variant 'paper' (DIN paper §5.2; FuxiCTR): mini-batch
   statistics in training, moving averages (momentum 0.99) at evaluation; 'batch_stats' (the DIEN
   official code): mini-batch statistics at evaluation too. α per channel, initialised to 0; no
   affine scale/shift inside p. A batch of identical rows has Var = 0 and gives p = 0.5, not NaN.

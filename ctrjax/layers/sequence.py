@@ -1,4 +1,4 @@
-"""Layers of the Transformer-over-behaviours models: FESeq, SASRec, TiSASRec, DMR (models.md §6, §2.6).
+"""Layers of the Transformer-over-behaviours models: FESeq, SASRec, TiSASRec, DMR (FESeq paper §3).
 
 Tokens (``align_fields``): each behaviour field with ids is one column of a behaviour token and is
 paired with the candidate field on the same embedding table: an item field, else a context field.

@@ -1,4 +1,4 @@
-"""AutoInt and AutoInt+ (Song et al., CIKM'19; models.md §5).
+"""AutoInt and AutoInt+ (Song et al., CIKM'19).
 
 Input: one d-vector per field, e_m (FeatureEmbedding: categorical V_m x_m, multi-valued fields the
 mean of their ids' vectors (eq. 3), numeric v_m·x_m (eq. 4); a behaviour history is one

@@ -1,4 +1,4 @@
-"""BST: Behavior Sequence Transformer (Chen et al., DLP-KDD'19; models.md §7).
+"""BST: Behavior Sequence Transformer (Chen et al., DLP-KDD'19).
 
 Tokens: S = [e_1 ; ... ; e_T ; e_a], L = T + 1, with e_t = concat of the behaviour fields'
 embeddings (item id ⊕ genres) and the candidate e_a (behavior_aligned_item) last; each token is

@@ -1,4 +1,4 @@
-"""DCN, Deep & Cross Network (Wang et al., ADKDD'17; models.md §9), and CrossNet alone.
+"""DCN, Deep & Cross Network (Wang et al., ADKDD'17), and CrossNet alone.
 
 x_0 = ⊕_f e_f (``field_vectors`` flattened); cross network x_{l+1} = x_0 (x_lᵀ w_l) + b_l + x_l
 (``CrossLayer``, paper eq. 3); deep network h = DNN(x_0) in parallel; logit = wᵀ[x_L ; h] + b

@@ -1,4 +1,4 @@
-"""DCNv2 (Wang et al., WWW'21; models.md §10), as FuxiCTR's DCNv2.
+"""DCNv2 (Wang et al., WWW'21), as FuxiCTR's DCNv2.
 
 x_0 = ⊕_f e_f (``field_vectors`` flattened). Cross layers, ``cross_type``:
   full: x_{l+1} = x_0 ∘ (W_l x_l + b_l) + x_l (``CrossLayerV2``, paper eq. 1);

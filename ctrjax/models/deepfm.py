@@ -1,9 +1,9 @@
-"""DeepFM (Guo et al., IJCAI'17; models.md §12): logit = first order + FM + DNN, sharing embeddings.
+"""DeepFM (Guo et al., IJCAI'17): logit = first order + FM + DNN, sharing embeddings.
 
-Field vectors f_1..f_F [B, d] as in BaseModel (behaviour fields sum-pooled; models.md §14 notes
-a pooled history is one field, not one feature per behaviour as in the original FM). FM term
-Σ_{i<j} ⟨f_i, f_j⟩ by the sum-square trick; DNN over [f_1 ; ... ; f_F]; first-order weights
-per id (FirstOrder, behaviours mean-pooled).
+Field vectors f_1..f_F [B, d] as in BaseModel (behaviour fields sum-pooled: a pooled history is
+one field, not one feature per behaviour as in the original FM). FM term Σ_{i<j} ⟨f_i, f_j⟩ by the
+sum-square trick; DNN over [f_1 ; ... ; f_F]; first-order weights per id (FirstOrder, behaviours
+mean-pooled).
 """
 import flax.linen as nn
 

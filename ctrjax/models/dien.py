@@ -1,4 +1,4 @@
-"""DIEN: Deep Interest Evolution Network (Zhou et al., AAAI'19; models.md §4).
+"""DIEN: Deep Interest Evolution Network (Zhou et al., AAAI'19).
 
 Embedding: behaviour tokens e_t = concat of the behaviour fields' embeddings (item id ⊕ genres)
 [B, T, D_b]; the candidate e_a = the same fields of the candidate item (behavior_aligned_item).

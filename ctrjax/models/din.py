@@ -1,4 +1,4 @@
-"""DIN: Deep Interest Network (Zhou et al., KDD'18; models.md §2.5, §3).
+"""DIN: Deep Interest Network (Zhou et al., KDD'18).
 
 BaseModel with the sum pooling of behaviours replaced by the local activation unit (paper §4.3):
 the candidate, as a behaviour-shaped token q (its fields on the behaviours' tables), weights

@@ -1,4 +1,4 @@
-"""FESeq: Feature Interaction-Enhanced Sequential Transformer (Liu et al., 2024; models.md §6).
+"""FESeq: Feature Interaction-Enhanced Sequential Transformer (Liu et al., 2024).
 
 Fields (ctrjax/layers/sequence.py, align_fields): sequence fields = the behaviour fields with ids;
 the target token holds the candidate's field on each one's table (an item field, else a context

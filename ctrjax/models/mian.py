@@ -1,4 +1,4 @@
-"""MIAN: Multi-Interactive Attention Network (Zhang et al., WSDM'21; models.md §8).
+"""MIAN: Multi-Interactive Attention Network (Zhang et al., WSDM'21).
 
 Embedding layer (eq. 1-2): item token e_i = concat of the item fields' embeddings [B, D_i];
 behaviour tokens E_b = concat of the behaviour fields' embeddings per position [B, T, D_b];
@@ -13,7 +13,7 @@ Multi-interactive layer:
 Prediction layer (eq. 16-17): MLP (``dnn``: 32-8, ReLU, dropout 0.2) -> one logit (the paper's 2-way softmax
 is a sigmoid on one logit).
 
-Decisions (the paper leaves these open; models.md §8 DECISION items, each a field):
+Decisions (the paper leaves these open; each a field):
   * position_embedding: a learned [T, D_b] table added to E_b before the encoder, over absolute
     slots (behaviours are left-padded, so the newest is always slot T-1). Table 4's row "w/o both"
     is ibim_encoder="none" with position_embedding=False.

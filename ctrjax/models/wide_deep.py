@@ -1,4 +1,4 @@
-"""Wide & Deep (Cheng et al., DLRS'16) as DIN's Table 3 baseline (models.md §13).
+"""Wide & Deep (Cheng et al., DLRS'16) as DIN's Table 3 baseline.
 
 logit = wide + deep. Deep = BaseModel's MLP over [fields ; sum-pooled behaviours]. Wide = the
 first-order weights of every field (FuxiCTR's form) plus, as the DIN paper does, the

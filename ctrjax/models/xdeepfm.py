@@ -1,4 +1,4 @@
-"""xDeepFM (Lian et al., KDD'18; models.md §11), and CIN alone.
+"""xDeepFM (Lian et al., KDD'18), and CIN alone.
 
 X^0 = E [B, F, d] (``field_vectors``). CIN (``CIN`` layer, paper eq. 6): layer k has
 ``cin_layers[k]`` feature maps, each a weighted sum of the outer products X^{k−1}_i ∘ X^0_j;
@@ -6,8 +6,8 @@ maps are sum-pooled over d into p⁺. logit = Σ_f w_f(x_f) + b + w_cinᵀ p⁺ 
 (paper eq. 9). ``dnn.hidden=()`` and ``first_order=False`` leave CIN alone, the AutoInt paper's "CIN"
 baseline (its Table 3 count, 1.9·10⁶ on Criteo, matches 3 layers of 200 maps with split-half and
 no bias). Defaults: 3 × 200 maps (the paper's Criteo depth/width), split-half and identity
-activation (the paper's choice; models.md recommends both, FuxiCTR uses neither split nor
-activation), DNN 200-80 ReLU as the repo's other baselines.
+activation (the paper's choice; FuxiCTR uses neither split nor activation), DNN 200-80 ReLU as the
+repo's other baselines.
 """
 from typing import Sequence
 
