@@ -33,7 +33,7 @@ import numpy as np
 from configs import base as base_config
 from ctrjax.data.packing import BatchLayout
 from ctrjax.data.schema import Field, Schema
-from ctrjax.models import get_model
+from ctrjax.models import build_model
 from ctrjax.train import mesh as mesh_lib
 from ctrjax.train import step as step_lib
 from ctrjax.train.lazy import LazyEmbeddings, uses_whole_table
@@ -79,7 +79,7 @@ class _Bench:
     config = base_config.get_config()
     config.optimizer.embeddings = embeddings
     schema = _schema(items)
-    model = get_model(config.model_name)(schema=schema, **config.model)
+    model = build_model(config.model_name, schema, config.model)
     rng = np.random.default_rng(0)
     counts = {t: rng.integers(0, 50, v, dtype=np.int32) for t, v in schema.tables.items()}
     regularizer = EmbeddingRegularizer.build(schema, counts, "mba", 1e-6)

@@ -19,70 +19,55 @@ Every field of a Criteo row is one of the M = 39 fields (13 numeric, value × ve
 26 categorical). Adam 1e-3 (paper), embedding 16, batch 256 (the paper's 1024 leaves 8 steps per
 epoch on the 8,000 training rows of the sample), early stopping on valid AUC with patience 2. There
 is no user id, so no GAUC. RelaImpr is against AutoInt (no DNN).
-With dataset=ml-100k: the paper's MovieLens form (data_prep/movielens.py protocol "autoint7", models.md
-§16.2): gender, age, occupation, zip, genres (mean-pooled), release-year bucket, timestamp (numeric,
+With dataset=ml-100k: the paper's MovieLens form (§5.1.1; data_prep/movielens.py protocol "autoint7"):
+gender, age, occupation, zip, genres (mean-pooled), release-year bucket, timestamp (numeric,
 value × vector); no user or movie ids; rating 3 dropped; random 80/10/10 split (seed 2019); GAUC
 grouped by the (non-input) user.
 """
 import ml_collections
 
-from configs import autoint, base
+from configs import base
 from configs.common import Grid, apply_grid_arg, grid_identity, parse_grid_arg
+from ctrjax.models import default_config
 
 DATASETS = ("criteo", "ml-100k")
-DEEP = dict(hidden=(400, 400), activation="relu")
+DEEP = {"hidden": (400, 400), "activation": "relu"}     # Table 5's joint DNN
 
 
-def _m(name: str, **fields) -> dict:
-  return {"model_name": name, "model": {"embed_dim": 16, "init_std": 0.02, **fields}}
-
-
-def _autoint(**changes) -> dict:
-  model = autoint.model_config(plain=True).to_dict()
-  model.update(changes)
-  return {"model_name": "autoint", "model": model}
+def _m(name: str, **overrides) -> dict:
+  """Variant: model ``name`` with the fields that differ from its defaults."""
+  return {"model_name": name, "model": default_config(name, **overrides).to_dict()}
 
 
 VARIANTS = {
     # Table 2: no joint DNN.
-    "lr": {"model_name": "lr", "model": {"init_std": 1e-4}},
-    "fm": _m("fm", pooling="mean"),
-    "afm": _m("afm", pooling="mean", attention_dim=10, attention_dropout=0.0, dropout=0.0),
-    "deep_crossing": _m("deep_crossing", pooling="mean", residual_units=(100, 100, 100, 100),
-                        dropout=0.0, batch_norm=False),
-    "nfm": _m("nfm", pooling="mean", hidden=(200,), activation="relu", dropout=0.0, batch_norm=False),
-    "crossnet": _m("dcn", pooling="mean", num_cross_layers=3, hidden=(), activation="relu",
-                   dropout=0.0, batch_norm=False),
-    "cin": _m("xdeepfm", pooling="mean", cin_layers=(200, 200, 200), split_half=True,
-              cin_activation="identity", first_order=False, hidden=(), activation="relu",
-              dropout=0.0, batch_norm=False),
-    "hofm": _m("hofm", pooling="mean", order=3),
-    "autoint": _autoint(),
+    "lr": _m("lr"),
+    "fm": _m("fm"),
+    "afm": _m("afm"),
+    "deep_crossing": _m("deep_crossing"),
+    "nfm": _m("nfm"),
+    "crossnet": _m("dcn", dnn={"hidden": ()}),
+    "cin": _m("xdeepfm", first_order=False, dnn={"hidden": ()}),
+    "hofm": _m("hofm"),
+    "autoint": _m("autoint"),
     # Table 5: with a joint DNN.
-    "wide_deep": _m("wide_deep", pooling="mean", wide_cross=(), cross_buckets=2, dropout=0.0,
-                    batch_norm=False, **DEEP),
-    "deepfm": _m("deepfm", pooling="mean", dropout=0.0, batch_norm=False, **DEEP),
-    "dcn": _m("dcn", pooling="mean", num_cross_layers=3, dropout=0.0, batch_norm=False, **DEEP),
-    "xdeepfm": _m("xdeepfm", pooling="mean", cin_layers=(200, 200, 200), split_half=True,
-                  cin_activation="identity", first_order=True, dropout=0.0, batch_norm=False, **DEEP),
-    "autoint_plus": _autoint(hidden=(400, 400)),
+    "wide_deep": _m("wide_deep", pooling="mean", wide_cross=(), cross_buckets=2, dnn=DEEP),
+    "deepfm": _m("deepfm", pooling="mean", dnn=DEEP),
+    "dcn": _m("dcn", dnn=DEEP),
+    "xdeepfm": _m("xdeepfm", dnn=DEEP),
+    "autoint_plus": _m("autoint", dnn=DEEP),
     # Newer zoo models, the same joint DNN where they have one (not in the paper).
-    "dcnv2": _m("dcnv2", pooling="mean", num_cross_layers=3, cross_type="full", structure="parallel",
-                dropout=0.0, batch_norm=False, **DEEP),
-    "dcnv2_stacked": _m("dcnv2", pooling="mean", num_cross_layers=3, cross_type="full", structure="stacked",
-                        dropout=0.0, batch_norm=False, **DEEP),
-    "dcnv2_mixture": _m("dcnv2", pooling="mean", num_cross_layers=3, cross_type="low_rank_mixture",
-                        low_rank=32, num_experts=4, structure="parallel", dropout=0.0, batch_norm=False,
-                        **DEEP),
-    "ipnn": _m("pnn", pooling="mean", dropout=0.0, batch_norm=False, **DEEP),
-    "finalmlp": _m("finalmlp", pooling="mean", mlp1_hidden=(400, 400), mlp2_hidden=(400, 400),
-                   fs_hidden=(400,), dropout=0.0, batch_norm=False),
-    "final": _m("final", pooling="mean"),
-    "final_bn09": _m("final", pooling="mean", batch_norm_momentum=0.9),   # BatchNorm averages as torch's
+    "dcnv2": _m("dcnv2", dnn=DEEP),
+    "dcnv2_stacked": _m("dcnv2", structure="stacked", dnn=DEEP),
+    "dcnv2_mixture": _m("dcnv2", cross_type="low_rank_mixture", dnn=DEEP),
+    "ipnn": _m("pnn", pooling="mean", dnn=DEEP),
+    "finalmlp": _m("finalmlp", mlp2_hidden=(400, 400), fs_hidden=(400,), dnn={"hidden": (400, 400)}),
+    "final": _m("final"),
+    "final_bn09": _m("final", batch_norm_momentum=0.9),   # BatchNorm averages as torch's
     # Table 4, Figures 5-6.
-    "autoint_no_residual": _autoint(residual=False),
-    **{f"autoint_layers{k}": _autoint(num_layers=k) for k in (0, 1, 2, 4)},
-    **{f"autoint_embed{d}": _autoint(embed_dim=d) for d in (8, 24, 32)},
+    "autoint_no_residual": _m("autoint", residual=False),
+    **{f"autoint_layers{k}": _m("autoint", num_layers=k) for k in (0, 1, 2, 4)},
+    **{f"autoint_embed{d}": _m("autoint", embed_dim=d) for d in (8, 24, 32)},
 }
 TABLE2 = ("lr", "fm", "afm", "deep_crossing", "nfm", "crossnet", "cin", "hofm", "autoint")
 TABLE5 = ("wide_deep", "deepfm", "dcn", "xdeepfm", "autoint_plus")

@@ -14,8 +14,9 @@ Table 4: the IBIM encoder: Pre-LN Transformer (= full), post-LN (original) Trans
 """
 import ml_collections
 
-from configs import din, mian
+from configs import mian
 from configs.common import Grid, apply_grid_arg, grid_identity, parse_grid_arg
+from ctrjax.models import default_config
 
 VARIANTS = {
     "full": {},
@@ -33,7 +34,7 @@ VARIANTS = {
 # learnt from these 80k rows at all?
 SYNTHETIC_DIAGNOSTICS = {
     "no_behaviour_group": {"model.use_ibim": False, "model.use_behavior_mean": False},
-    "din": {"model_name": "din", "model": din.model_config().to_dict()},
+    "din": {"model_name": "din", "model": default_config("din").to_dict()},
 }
 DATASETS = ("ml-latest-small", "ml-100k", "synthetic")
 # Planted signal in the user and behaviour groups, none in the context group: removing ICIM should

@@ -1,4 +1,4 @@
-"""AutoInt+ (CIKM'19) with the paper's setting (models.md §5.4), on ml-latest-small.
+"""AutoInt+ (CIKM'19) with the paper's setting (§5.1.4), on ml-latest-small.
 
   ./run.sh configs/autoint.py                     # AutoInt+: interacting layers + joint DNN
   ./run.sh configs/autoint.py:plain               # AutoInt (no DNN)
@@ -17,21 +17,13 @@ import ml_collections
 
 from configs import base
 from configs.common import parse_arg
-
-
-def model_config(plain: bool = False, variant: str = "paper") -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      embed_dim=16, pooling="mean", num_layers=3, num_heads=2, attention_dim=32, residual=True,
-      variant=variant,                 # paper (eq. 5-8) | official (ReLU Q/K/V, 1/√d', LayerNorm)
-      attention_dropout=0.0, embedding_dropout=0.0,
-      hidden=() if plain else (400, 400),   # () = AutoInt; widths = AutoInt+'s joint DNN
-      activation="relu", dropout=0.0, batch_norm=False, batch_norm_momentum=0.99, init_std=0.02,
-      dnn_kernel_init="xavier_normal"))  # DNN kernels; torch_linear = PyTorch's nn.Linear default
+from ctrjax.models import default_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = parse_arg(arg, quick=False, plain=False, official=False)
   c = base.get_config("quick" if a["quick"] else None)
   c.model_name = "autoint"
-  c.model = model_config(a["plain"], "official" if a["official"] else "paper")
+  c.model = default_config("autoint", variant="official" if a["official"] else "paper",
+                           dnn={"hidden": () if a["plain"] else (400, 400)})
   return c

@@ -11,6 +11,7 @@ import ml_collections
 
 import data_prep
 from configs.common import parse_arg
+from ctrjax.models import default_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -28,12 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       holdout=5)                       # last 5 samples per user -> test, 5 before -> valid
 
   c.model_name = "base_model"          # a module of ctrjax/models/
-  c.model = ml_collections.ConfigDict(dict(
-      embed_dim=16, hidden=(200, 80), activation="prelu", dropout=0.0, batch_norm=False,
-      batch_norm_momentum=0.99,        # BatchNorm running-average decay (PyTorch's momentum 0.1 = 0.9)
-      dnn_kernel_init="xavier_normal", # DNN kernels; torch_linear = PyTorch's nn.Linear default
-      pooling="sum", init_std=0.02,
-      id_dropout=0.0))                 # DIN §6.5 "Dropout" regulariser: discard this share of ids (train)
+  c.model = default_config("base_model")   # every field of the model, its defaults (ctrjax/models/)
 
   c.batch_size = 128
   c.eval_batch_size = 1024

@@ -13,22 +13,13 @@ models (paper: lr 0.01, batch 256). Details: ctrjax/models/bst.py.
 import ml_collections
 
 from configs import base
+from ctrjax.models import default_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = base.get_config(arg)
   c.model_name = "bst"
-  c.model = ml_collections.ConfigDict(dict(
-      embed_dim=16,                    # per-field width d; token = behaviour fields ⊕ position
-      num_heads=8,                     # must divide the token width (3 x 16 = 48 here)
-      num_layers=1,
-      ffn_mult=4,                      # Transformer FFN hidden = ffn_mult x token width
-      dropout=0.2,                     # Transformer and MLP
-      position="learned",              # learned (by distance to the candidate) | none
-      pooling="concat",                # concat (paper) | target | mean | sum
-      hidden=(1024, 512, 256),
-      activation="leaky_relu",
-      init_std=0.02))                  # truncated-normal std of the embeddings and position table
+  c.model = default_config("bst")
   c.batch_size = 128
   c.optimizer.learning_rate = 1e-3
   return c

@@ -14,22 +14,12 @@ import ml_collections
 
 from configs import base
 from configs.common import parse_arg
-
-
-def model_config(activation: str = "prelu") -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      embed_dim=16, hidden=(200, 80), activation=activation,
-      attention_hidden=(80, 40),
-      attention_activation=ml_collections.FieldReference(None, field_type=str),  # None: = activation
-      attention_weighting="raw",       # raw (paper) | softmax (official codes)
-      scale_by_sqrt_d=False,           # softmax scores / √D (the DIN demo)
-      dropout=0.0, batch_norm=False, batch_norm_momentum=0.99, init_std=0.02, id_dropout=0.0,
-      dnn_kernel_init="xavier_normal"))  # DNN kernels; torch_linear = PyTorch's nn.Linear default
+from ctrjax.models import default_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = parse_arg(arg, quick=False, dice=False)
   c = base.get_config("quick" if a["quick"] else None)
   c.model_name = "din"
-  c.model = model_config("dice" if a["dice"] else "prelu")
+  c.model = default_config("din", **({"dnn": {"activation": "dice"}} if a["dice"] else {}))
   return c

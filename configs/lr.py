@@ -6,10 +6,11 @@ ml-latest-small, with everything else as in configs/base.py.
 import ml_collections
 
 from configs import base
+from ctrjax.models import default_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = base.get_config(arg)
   c.model_name = "lr"
-  c.model = ml_collections.ConfigDict(dict(init_std=1e-4))
+  c.model = default_config("lr")
   return c

@@ -13,25 +13,14 @@ Adam 1e-3, batch 128. Details: ctrjax/models/sasrec.py.
 import ml_collections
 
 from configs import base, feseq
+from ctrjax.models import default_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = base.get_config(arg)
   feseq.use_feseq_data(c)
   c.model_name = "sasrec"
-  c.model = ml_collections.ConfigDict(dict(
-      embed_dim=16,                    # per field; token width = 4 behaviour fields x 16
-      num_heads=8,
-      num_layers=2,
-      norm="post_ln",                  # post_ln (FuxiCTR port) | pre_ln (SASRec paper) | none
-      causal=True,
-      attention_dropout=0.1,
-      dropout=0.0,                     # embedding, blocks and MLP
-      pooling="target",                # target | mean | sum | concat
-      time_gap_field="hist_time_gap",  # left out of the tokens
-      hidden=(1024, 512, 256),
-      activation="relu",
-      init_std=0.02))
+  c.model = default_config("sasrec")
   c.batch_size = 128
   c.optimizer.learning_rate = 1e-3
   return c

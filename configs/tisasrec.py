@@ -12,26 +12,14 @@ minutes). Adam 1e-3, batch 128. Details: ctrjax/models/tisasrec.py.
 import ml_collections
 
 from configs import base, feseq
+from ctrjax.models import default_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = base.get_config(arg)
   feseq.use_feseq_data(c)
   c.model_name = "tisasrec"
-  c.model = ml_collections.ConfigDict(dict(
-      embed_dim=16,
-      num_heads=1,
-      num_layers=1,
-      norm="post_ln",                  # post_ln (FuxiCTR port) | pre_ln (paper) | none
-      causal=True,
-      attention_dropout=0.4,
-      dropout=0.2,                     # embedding, blocks and MLP
-      max_time_interval=1024,          # k: relative intervals clip here
-      pooling="target",
-      time_gap_field="hist_time_gap",
-      hidden=(1024, 512, 256),
-      activation="leaky_relu",
-      init_std=0.02))
+  c.model = default_config("tisasrec")
   c.batch_size = 128
   c.optimizer.learning_rate = 1e-3
   return c

@@ -25,7 +25,7 @@ on_corrupt="skip" (default) skips them, counts them per file in stats.json["corr
 the first 10 as "file, line N: reason" in stats.json["corrupt_examples"]; on_corrupt="error" raises
 ``SchemaError`` naming the file and 1-based line. Blank lines are skipped and not counted.
 
-Samples (models.md §16.1 step 3): each user's reviews are sorted by unixReviewTime with a stable sort,
+Samples (DIN paper §6.1): each user's reviews are sorted by unixReviewTime with a stable sort,
 so same-day reviews keep their file order (the published files are grouped by asin). With the user's
 n reviews in that order, review k+1 (k = 1 .. n-1) is a positive candidate (label 1) whose behaviours
 are reviews 1..k, paired with one negative row (label 0) with the same behaviours, timestamp and user.
@@ -34,7 +34,7 @@ r ~ U{0 .. num_items - |user's items| - 1} from np.random.default_rng(seed), one
 output order, it is the r-th such item in asin order. DIN draws the same distribution by rejection
 with Python's random.seed(1234); the draws themselves differ.
 
-Split (models.md §16.1 item 4, a real validation split): candidate n (history 1..n-1, DIN's test pair)
+Split (DIN paper §6.1, plus a real validation split): candidate n (history 1..n-1, DIN's test pair)
 -> test; candidate n-1 (DIN's last training pair) -> valid; candidates 2..n-2 -> train. So test is
 DIN's test set and train + valid is DIN's training set. Users with n < 4 (absent from 5-core data) put
 all their pairs in train; a user with one review gives none. Within a split, rows are ordered by

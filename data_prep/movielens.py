@@ -21,7 +21,7 @@ Samples and labels: every rating is one candidate sample of its user.
   protocol "din":     label = 1 if rating >= 4 else 0; every rating is a sample.
   protocol "autoint": label = 1 if rating > 3, 0 if rating < 3; rating-3 ratings are dropped as samples
     (counted in stats.json["dropped_rating_3"]) but stay in the users' histories as behaviours.
-  protocol "autoint7": AutoInt's own MovieLens form (models.md §16.2), a different dataset: the
+  protocol "autoint7": AutoInt's own MovieLens form (AutoInt paper §5.1.1), a different dataset: the
     autoint labels, NO ids and no behaviours, 7 fields: gender, age, occupation, zip (the whole zip
     code, each distinct value an id), genres (multi-valued, mean-pooled by the models), release-year
     bucket (<=1929, 1930s, 1940s, 1950s, 1960s, then one bucket per year) and timestamp (numeric,

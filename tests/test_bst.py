@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 from absl.testing import parameterized
 
-from ctrjax.models import available, get_model
+from ctrjax.models import available, build_model
 from tests.test_dien import LENGTHS, SCHEMA, B, D, T, _batch, _left_pad, _variables
 
-SMALL = dict(embed_dim=D, num_heads=4, hidden=(32, 16))     # token width 2D + D (position) = 24
+SMALL = dict(embed_dim=D, num_heads=4, dnn={"hidden": (32, 16)})     # token width 2D + D (position) = 24
 EXTRA = 3                                                    # extra left padding
 
 
 def _model(**config):
-  return get_model("bst")(schema=SCHEMA, **{**SMALL, **config})
+  return build_model("bst", SCHEMA, {**SMALL, **config})
 
 
 @functools.cache

@@ -12,7 +12,7 @@ import pytest
 from benchmarks.compare_torch import jax_runner, run, spec
 from ctrjax import metrics
 from ctrjax.data.dataset import Dataset
-from ctrjax.models import get_model
+from ctrjax.models import build_model
 from data_prep import synthetic
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -111,10 +111,10 @@ def test_export_holds_the_dataset_arrays(tiny, tmp_path):
 @pytest.mark.parametrize("model", spec.MODELS)
 def test_ctrjax_configs_build_the_models(tiny, model, batch_norm):
   schema = Dataset(tiny, validate=False).schema
-  get_model(model)(schema=schema, **spec.ctrjax_model_config(model, batch_norm))
+  build_model(model, schema, spec.ctrjax_model_config(model, batch_norm))
   c = jax_runner.config(model, str(tiny), 1, 0, batch_norm, dnn_kernel_init="torch_linear")
-  get_model(model)(schema=schema, **c.model)
-  assert c.model.get("dnn_kernel_init") == (None if model == "bst" else "torch_linear")  # BST: no DNN knob
+  build_model(model, schema, c.model)
+  assert c.model.dnn.kernel_init == ("xavier_normal" if model == "bst" else "torch_linear")  # BST: DNN fixed
 
 
 def test_deviations_name_the_batch_norm_gap():

@@ -15,7 +15,7 @@ from configs.common import parse_arg
 from ctrjax.data import loader
 from ctrjax.data.dataset import Dataset
 from ctrjax.data.packing import BatchLayout
-from ctrjax.models import get_model
+from ctrjax.models import build_model
 from experiments.grid import with_overrides
 from experiments.main import load_config_module
 from tests.conftest import REPO, shared_path
@@ -64,7 +64,7 @@ def test_config_builds_its_model(config_file, arg, variant):
   if config.dataset.name == "synthetic":
     config.dataset.num_rows = 2_000
   schema, batch = _sample_batch(config)
-  model = get_model(config.model_name)(schema=schema, **config.model)
+  model = build_model(config.model_name, schema, config.model)
   shapes = jax.eval_shape(lambda b: model.init(jax.random.PRNGKey(0), b, train=False), batch)
   assert jax.tree.leaves(shapes["params"]), f"{config_file}:{variant}: no parameters"
   out = jax.eval_shape(lambda v, b: model.apply(v, b, train=False), shapes, batch)

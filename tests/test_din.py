@@ -10,7 +10,7 @@ from absl.testing import parameterized
 
 from ctrjax.layers import Dice, LocalActivationUnit
 from ctrjax.layers.interaction import fm_pairwise, inner_products
-from ctrjax.models import get_model
+from ctrjax.models import build_model, get_model
 from ctrjax.models.wide_deep import hashed_cross
 from tests.test_models import SCHEMA, _batch
 
@@ -80,7 +80,7 @@ class LocalActivationUnitTest(parameterized.TestCase):
 @pytest.mark.parametrize("weighting", ["raw", "softmax"])
 @pytest.mark.parametrize("activation", ["prelu", "dice"])
 def test_din_is_invariant_to_padding_contents_and_amount(weighting, activation):
-  model = get_model("din")(schema=SCHEMA, attention_weighting=weighting, activation=activation)
+  model = build_model("din", SCHEMA, {"attention_weighting": weighting, "dnn": {"activation": activation}})
   batch = _batch(3)
   variables = model.init(jax.random.PRNGKey(0), batch, train=False)
   # Garbage in the padded slots (ids stay 0, genres do not) must not matter ...
@@ -146,7 +146,7 @@ def test_every_table3_model_fits_a_planted_signal(name):
   batch = jax.tree.map(lambda x: np.concatenate([x] * 8), batch)
   batch["item"]["item_id"] = rng.integers(2, 30, 8 * n).astype(np.int32)
   batch["label"] = (batch["behavior"]["hist_item_id"] == batch["item"]["item_id"][:, None]).any(1).astype(np.float32)
-  model = get_model(name)(schema=SCHEMA, hidden=(16,))
+  model = build_model(name, SCHEMA, {"dnn": {"hidden": (16,)}})
   variables = model.init(jax.random.PRNGKey(0), batch, train=False)
   tx = optax.adam(1e-2)
 

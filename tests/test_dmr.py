@@ -7,16 +7,16 @@ import jax
 import numpy as np
 import pytest
 
-from ctrjax.models import available, get_model
+from ctrjax.models import available, build_model
 from tests.test_feseq import (EXTRA, LENGTHS, RNG, SCHEMA, D, T, _batch, _change_item, _left_pad,
                               _variables)
 
-SMALL = dict(embed_dim=D, position_dim=4, attention_hidden=(16,), hidden=(32, 16), num_negatives=3)
+SMALL = dict(embed_dim=D, position_dim=4, attention_hidden=(16,), dnn={"hidden": (32, 16)}, num_negatives=3)
 RNGS = {"dropout": RNG}
 
 
 def _model(**config):
-  return get_model("dmr")(schema=SCHEMA, **{**SMALL, **config})
+  return build_model("dmr", SCHEMA, {**SMALL, **config})
 
 
 @functools.cache

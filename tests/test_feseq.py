@@ -17,9 +17,9 @@ from configs import sasrec as sasrec_config
 from configs import tisasrec as tisasrec_config
 from ctrjax.data.dataset import Dataset
 from ctrjax.data.schema import Field, Schema
-from ctrjax.layers.sequence import (TargetAttentionPool, align_fields, attention_mask, reverse_positions,
-                                    time_buckets)
-from ctrjax.models import available, get_model
+from ctrjax.layers.sequence import TargetAttentionPool, align_fields, reverse_positions, time_buckets
+from ctrjax.layers.transformer import attention_mask
+from ctrjax.models import available, build_model
 from data_prep import movielens
 from experiments.grid import with_overrides
 from tests.test_dien import _variables
@@ -41,7 +41,7 @@ SCHEMA = Schema((
     Field("label", "label", "numeric", dtype="float32"),
 ))
 # token fields: 3 sequence (item, genres, hour) + 3 non-sequence (user, year, price) + position + time
-SMALL = dict(embed_dim=D, num_heads=4, hidden=(32, 16), pooling_dim=16, din_hidden=(16,))
+SMALL = dict(embed_dim=D, num_heads=4, dnn={"hidden": (32, 16)}, pooling_dim=16, din_hidden=(16,))
 WIDTH = 8 * D
 
 
@@ -91,7 +91,7 @@ def _change_item(batch, slot):
 
 
 def _model(**config):
-  return get_model("feseq")(schema=SCHEMA, **{**SMALL, **config})
+  return build_model("feseq", SCHEMA, {**SMALL, **config})
 
 
 @functools.cache
@@ -226,7 +226,7 @@ class FeseqTest(chex.TestCase, parameterized.TestCase):
 
   def test_every_parameter_gets_a_gradient_and_dropout_acts_only_in_training(self):
     model = _model(interaction_layers=1, target_interaction_layers=1, interaction_dropout=0.5,
-                   attention_dropout=0.5, dropout=0.5)
+                   attention_dropout=0.5, dropout=0.5, dnn={"hidden": (32, 16), "dropout": 0.5})
     variables, batch = _variables(model, _batch(), train=False), _batch(7)
     rngs = {"dropout": RNG}
 
@@ -292,9 +292,9 @@ class FeseqTest(chex.TestCase, parameterized.TestCase):
 
   def test_time_gap_field_can_be_switched_off(self):
     basic = Schema(tuple(f for f in SCHEMA.fields if f.name != "hist_time_gap"))
-    get_model("feseq")(schema=basic, **SMALL, use_time=False)
+    build_model("feseq", basic, {**SMALL, "use_time": False})
     with pytest.raises(ValueError, match="model.time_gap_field='hist_time_gap'"):
-      get_model("feseq")(schema=basic, **SMALL)
+      build_model("feseq", basic, SMALL)
 
 
 @pytest.fixture(scope="module")
@@ -336,7 +336,7 @@ def test_configs_and_grid_variants_build_their_models_on_movielens(movielens_pre
   for module in (feseq_config, sasrec_config, tisasrec_config, dmr_config):
     c = module.get_config("quick")
     assert (c.dataset.sequence_fields, c.dataset.max_len, c.num_epochs) == ("feseq", 10, 2)
-    model = get_model(c.model_name)(schema=schema, **c.model)
+    model = build_model(c.model_name, schema, c.model)
     batch = jax.tree_util.tree_map(np.asarray, _movielens_batch(movielens_preps[1]))
     out = jax.eval_shape(lambda: model.init_with_output(jax.random.PRNGKey(0), batch)[0])
     chex.assert_shape(out["logit"], (4,))
@@ -345,7 +345,7 @@ def test_configs_and_grid_variants_build_their_models_on_movielens(movielens_pre
   assert {"causal", "non_causal"} <= set(ablation_feseq.VARIANTS)
   for name, overrides in ablation_feseq.VARIANTS.items():
     c = with_overrides(base, overrides, seed=0)
-    get_model(c.model_name)(schema=schema, **c.model)              # validates every switch
+    build_model(c.model_name, schema, c.model)                     # validates every switch
 
 
 def _movielens_batch(dataset):

@@ -30,7 +30,7 @@ def get_config(arg=None):
   c = base.get_config("quick")
   c.num_epochs = 1
   c.dataset.name, c.dataset.path = "path", "{dataset}"
-  c.model.hidden, c.batch_size, c.eval_batch_size, c.progress_bar = (16,), 64, 256, False
+  c.model.dnn.hidden, c.batch_size, c.eval_batch_size, c.progress_bar = (16,), 64, 256, False
   c.checkpoint_every_steps = 10
   return c
 

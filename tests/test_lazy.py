@@ -14,7 +14,7 @@ from flax import traverse_util
 
 from configs import base as base_config
 from ctrjax.data.schema import Field, Schema
-from ctrjax.models import get_model
+from ctrjax.models import build_model
 from ctrjax.train import mesh as mesh_lib
 from ctrjax.train import step as step_lib
 from ctrjax.train import trainer
@@ -90,9 +90,9 @@ def _optimizer_cfg(kind: str, clip: float = 0.0):
 
 
 def _model(schema: Schema, name: str = "base_model"):
-  kwargs = {"lr": {}, "wide_deep": dict(embed_dim=D, hidden=(8,), cross_buckets=64)}.get(
-      name, dict(embed_dim=D, hidden=(8,), dropout=0.1))
-  return get_model(name)(schema=schema, **kwargs)
+  config = {"lr": {}, "wide_deep": dict(embed_dim=D, dnn={"hidden": (8,)}, cross_buckets=64)}.get(
+      name, dict(embed_dim=D, dnn={"hidden": (8,), "dropout": 0.1}))
+  return build_model(name, schema, config)
 
 
 def _regularizer(schema: Schema, mode: str = "mba") -> EmbeddingRegularizer:

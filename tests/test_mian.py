@@ -10,7 +10,7 @@ from absl.testing import parameterized
 
 from ctrjax.data.schema import Field, Schema
 from ctrjax.layers import ScoredAttentionPool, TransformerBlock, attention_pool, masked_softmax
-from ctrjax.models import available, get_model
+from ctrjax.models import available, build_model, get_model
 
 T, G, B, D = 6, 3, 8, 8
 LENGTHS = np.array([0, T, 1, 3, T, 2, 5, 4])        # row 0 has no history, rows 1 and 4 are full
@@ -51,7 +51,7 @@ def _batch(seed=0, lengths=LENGTHS, noisy_padding=False):
 
 
 def _model(schema=SCHEMA, **switches):
-  return get_model("mian")(schema=schema, **{**SMALL, **switches})
+  return build_model("mian", schema, {**SMALL, **switches})
 
 
 def _variables(module, *args, **kwargs):
@@ -204,10 +204,11 @@ class MianTest(chex.TestCase, parameterized.TestCase):
   @parameterized.parameters("truncated_normal", "xavier_normal")
   def test_initialisation_follows_the_paper_except_the_dense_init_switch(self, dense_init):
     """Embedding and position tables: truncated normal (std init_std, cut at 2 std); biases 0,
-    LayerNorm scale 1; Dense kernels follow dense_init (the paper's truncated normal, or Xavier,
-    the default, because with 0.02 everywhere the ReLU MLP dies; see the model docstring)."""
-    params = jax.jit(functools.partial(_model(dense_init=dense_init).init, train=False))(
-        jax.random.PRNGKey(0), _batch())
+    LayerNorm scale 1; Dense kernels follow dense_init and the MLP's dnn.kernel_init (the paper's
+    truncated normal, or Xavier, the default, because with 0.02 everywhere the ReLU MLP dies; see the
+    model docstring)."""
+    model = _model(dense_init=dense_init, dnn={"kernel_init": dense_init})
+    params = jax.jit(functools.partial(model.init, train=False))(jax.random.PRNGKey(0), _batch())
     small, kernels = [], []
     for path, p in jax.tree_util.tree_leaves_with_path(params["params"]):
       p, leaf = np.asarray(p), path[-1].key

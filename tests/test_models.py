@@ -7,8 +7,8 @@ import pytest
 from absl.testing import parameterized
 
 from ctrjax.data.schema import Field, Schema
-from ctrjax.layers import FeatureEmbedding, masked_mean
-from ctrjax.models import available, get_model
+from ctrjax.layers import DNN, FeatureEmbedding, masked_mean
+from ctrjax.models import available, build_model, default_config, get_model
 
 T, G, B = 5, 3, 8
 SCHEMA = Schema((
@@ -93,20 +93,60 @@ def test_registry_lists_models_and_rejects_typos():
     get_model("basemodel")
 
 
-BATCH_NORM_MODELS = sorted(n for n in available() if "batch_norm_momentum" in get_model(n).__dataclass_fields__)
+def _has(name, field):
+  return field in get_model(name).__dataclass_fields__
 
 
-@pytest.mark.parametrize("name", BATCH_NORM_MODELS)
+# The FESeq family also reads the behaviours' time gaps.
+TIMED = Schema((*SCHEMA.fields, Field("hist_time_gap", "behavior", "numeric", dtype="float32", shape=(T,))))
+
+
+def _inputs(name, seed=0):
+  """(schema, batch) that model ``name`` can read."""
+  if not _has(name, "time_gap_field"):
+    return SCHEMA, _batch(seed)
+  batch = _batch(seed)
+  gaps = np.sort(np.random.default_rng(seed).random((B, T)) * 600, axis=1)[:, ::-1]
+  batch["behavior"]["hist_time_gap"] = gaps.astype(np.float32)
+  return TIMED, batch
+
+
+DNN_MODELS = sorted(n for n in available() if _has(n, "dnn"))
+# Models whose own (non-MLP) layers have a BatchNorm switch: Deep Crossing's residual units, FINAL's blocks.
+BATCH_NORM_MODELS = sorted(n for n in available() if _has(n, "batch_norm_momentum"))
+
+
+def _tower(**fields):
+  """A model config with a small DNN of these fields (AutoInt, DCN and xDeepFM have none by default)."""
+  return {"dnn": {"hidden": (8,), **fields}}
+
+
+@pytest.mark.parametrize("name", available())
+def test_every_model_with_an_mlp_tower_has_the_dnn_field(name):
+  """The set of models with ``dnn`` is the set of models that build an MLP tower ("mlp" submodules)."""
+  schema, batch = _inputs(name)
+  config = _tower() if _has(name, "dnn") else {}
+  model = build_model(name, schema, config)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch, train=False))
+  towers = [k for k in shapes["params"] if "mlp" in k]
+  assert bool(towers) == _has(name, "dnn"), (name, list(shapes["params"]))
+
+
+@pytest.mark.parametrize("name", DNN_MODELS + BATCH_NORM_MODELS)
 def test_batch_norm_momentum_reaches_every_batch_norm(name):
   """One training step from the initial running mean 0: it moves by (1 − momentum)·(batch mean), so
   momentum 0.9 (PyTorch's 0.1) moves every BatchNorm's mean exactly 10× as far as 0.99."""
-  batch, rng = _batch(), jax.random.PRNGKey(0)
-  fields = get_model(name).__dataclass_fields__
-  config = {"batch_norm": True, **({"hidden": (8,)} if fields.get("hidden") and fields["hidden"].default == () else {})}
-  variables = get_model(name)(schema=SCHEMA, **config).init(rng, batch, train=False)
+  (schema, batch), rng = _inputs(name), jax.random.PRNGKey(0)
+
+  def config(momentum):
+    if _has(name, "dnn"):
+      return _tower(batch_norm=True, batch_norm_momentum=momentum)
+    return {"batch_norm": True, "batch_norm_momentum": momentum}
+
+  variables = build_model(name, schema, config(0.99)).init(rng, batch, train=False)
   means = {}
   for momentum in (0.99, 0.9):
-    model = get_model(name)(schema=SCHEMA, **config, batch_norm_momentum=momentum)
+    model = build_model(name, schema, config(momentum))
     _, updated = model.apply(variables, batch, train=True, mutable=["batch_stats"], rngs={"dropout": rng})
     flat = jax.tree_util.tree_flatten_with_path(updated["batch_stats"])[0]
     means[momentum] = {jax.tree_util.keystr(p): np.asarray(v) for p, v in flat
@@ -116,19 +156,14 @@ def test_batch_norm_momentum_reaches_every_batch_norm(name):
     np.testing.assert_allclose(means[0.9][path], 10 * mean, rtol=1e-4, atol=1e-7, err_msg=path)
 
 
-DNN_INIT_MODELS = sorted(n for n in available() if "dnn_kernel_init" in get_model(n).__dataclass_fields__)
-
-
-@pytest.mark.parametrize("name", DNN_INIT_MODELS)
+@pytest.mark.parametrize("name", DNN_MODELS)
 def test_dnn_kernel_init_reaches_the_dnn_and_rejects_unknown_names(name):
   """'torch_linear' draws every DNN kernel from U(±1/√fan_in) (PyTorch's nn.Linear); the default
   Xavier-normal has tails beyond that bound, so the switch must reach every DNN layer."""
-  batch, rng = _batch(), jax.random.PRNGKey(0)
-  fields = get_model(name).__dataclass_fields__
-  config = {"hidden": (64, 32)} if "hidden" in fields else {}
+  (schema, batch), rng = _inputs(name), jax.random.PRNGKey(0)
 
   def dnn_kernels(init):
-    params = get_model(name)(schema=SCHEMA, **config, dnn_kernel_init=init).init(
+    params = build_model(name, schema, _tower(hidden=(64, 32), kernel_init=init)).init(
         rng, batch, train=False)["params"]
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
     return {jax.tree_util.keystr(p): np.asarray(v) for p, v in flat
@@ -139,5 +174,28 @@ def test_dnn_kernel_init_reaches_the_dnn_and_rejects_unknown_names(name):
   for path, kernel in torch_kernels.items():
     assert np.abs(kernel).max() <= 1 / np.sqrt(kernel.shape[0]) + 1e-7, path
   assert any(np.abs(k).max() > 1 / np.sqrt(k.shape[0]) for k in xavier_kernels.values())
-  with pytest.raises(ValueError, match=r"model.dnn_kernel_init='kaiming'; choose from"):
-    get_model(name)(schema=SCHEMA, **config, dnn_kernel_init="kaiming").init(rng, batch, train=False)
+  with pytest.raises(ValueError, match=r"model.dnn.kernel_init='kaiming'; choose from"):
+    build_model(name, schema, _tower(kernel_init="kaiming"))
+
+
+def test_build_model_names_the_field_of_a_bad_config():
+  with pytest.raises(ValueError, match=r"config.model does not fit model 'din': unexpected .*\['hidden'\]"):
+    build_model("din", SCHEMA, {"hidden": (8,)})
+  with pytest.raises(ValueError, match=r"config.model.dnn has no field\(s\) \['widths'\]"):
+    build_model("din", SCHEMA, {"dnn": {"widths": (8,)}})
+  with pytest.raises(ValueError, match=r"model.dnn.activation='relu6'; choose from"):
+    build_model("din", SCHEMA, {"dnn": {"activation": "relu6"}})
+  model = build_model("din", SCHEMA, {"dnn": {"hidden": [8, 4]}, "attention_hidden": [4]})  # JSON lists
+  assert (model.dnn.hidden, model.dnn.activation, model.attention_hidden) == ((8, 4), "prelu", (4,))
+
+
+def test_default_config_holds_every_field_and_types_its_overrides():
+  c = default_config("din", dnn={"activation": "dice"}, embed_dim=8)
+  assert set(c) == set(get_model("din").__dataclass_fields__) - {"schema", "parent", "name"}
+  assert (c.embed_dim, c.dnn.activation, tuple(c.dnn.hidden)) == (8, "dice", (200, 80))
+  c.attention_activation = "sigmoid"                               # None-valued, but typed str
+  with pytest.raises(TypeError):
+    c.attention_activation = 3
+  with pytest.raises(ValueError, match=r"model 'din' has no field\(s\) \['hidden'\]"):
+    default_config("din", hidden=(8,))
+  assert build_model("din", SCHEMA, c).dnn == DNN((200, 80), "dice")

@@ -10,18 +10,18 @@ import pytest
 from absl.testing import parameterized
 
 from ctrjax.data.schema import Schema
-from ctrjax.models import available, get_model
+from ctrjax.models import available, build_model
 from ctrjax.models.tisasrec import relative_intervals
 from tests.test_feseq import (EXTRA, LENGTHS, RNG, SCHEMA, D, T, _batch, _change_item, _left_pad,
                               _variables)
 
-CONFIGS = {"sasrec": dict(embed_dim=D, num_heads=4, hidden=(32, 16)),            # token width 3D = 24
-           "tisasrec": dict(embed_dim=D, num_heads=2, hidden=(32, 16), max_time_interval=16)}
+CONFIGS = {"sasrec": dict(embed_dim=D, num_heads=4, dnn={"hidden": (32, 16)}),            # token width 3D = 24
+           "tisasrec": dict(embed_dim=D, num_heads=2, dnn={"hidden": (32, 16)}, max_time_interval=16)}
 POSITION_TABLES = {"sasrec": ("position_embedding",), "tisasrec": ("position_key", "position_value")}
 
 
 def _model(name, **config):
-  return get_model(name)(schema=SCHEMA, **{**CONFIGS[name], **config})
+  return build_model(name, SCHEMA, {**CONFIGS[name], **config})
 
 
 @functools.cache
@@ -74,7 +74,7 @@ class SasrecTest(chex.TestCase, parameterized.TestCase):
     np.testing.assert_array_equal(r[1, 0, -1], 7)
 
   def test_every_tisasrec_parameter_gets_a_gradient_and_dropout_acts_only_in_training(self):
-    model = _model("tisasrec", dropout=0.3, attention_dropout=0.3)
+    model = _model("tisasrec", dropout=0.3, attention_dropout=0.3, dnn={"hidden": (32, 16), "dropout": 0.3})
     variables, batch = _variables(model, _batch(), train=False), _batch(3)
     rngs = {"dropout": RNG}
 
@@ -124,9 +124,9 @@ class SasrecTest(chex.TestCase, parameterized.TestCase):
 
   def test_sasrec_runs_without_time_gaps(self):
     basic = Schema(tuple(f for f in SCHEMA.fields if f.name != "hist_time_gap"))
-    get_model("sasrec")(schema=basic, **CONFIGS["sasrec"])
+    build_model("sasrec", basic, CONFIGS["sasrec"])
     with pytest.raises(ValueError, match="needs the numeric behaviour field"):
-      get_model("tisasrec")(schema=basic, **CONFIGS["tisasrec"])
+      build_model("tisasrec", basic, CONFIGS["tisasrec"])
 
 
 def test_registry_finds_sasrec_and_tisasrec():

@@ -33,7 +33,7 @@ def dataset(tmp_path_factory):
 def _config(dataset, **overrides) -> ml_collections.ConfigDict:
   c = base_config.get_config("quick")
   c.dataset.name, c.dataset.path = "path", str(dataset)
-  c.model.hidden, c.model.dropout = (32, 16), 0.1
+  c.model.dnn.hidden, c.model.dnn.dropout = (32, 16), 0.1
   c.batch_size, c.eval_batch_size, c.progress_bar = 64, 256, False
   c.checkpoint_every_steps, c.log_every_steps = 25, 10
   for k, v in overrides.items():
@@ -85,8 +85,8 @@ def _run(dataset, workdir, *extra, env_extra=None, check=True):
          **(env_extra or {})}
   cmd = [sys.executable, "-m", "experiments.main", "run", f"--config={REPO}/configs/base.py:quick",
          "--config.dataset.name=path", f"--config.dataset.path={dataset}", "--config.progress_bar=False",
-         "--config.batch_size=64", "--config.eval_batch_size=256", "--config.model.hidden=(32,16)",
-         "--config.model.dropout=0.1", "--config.checkpoint_every_steps=25", f"--workdir={workdir}", *extra]
+         "--config.batch_size=64", "--config.eval_batch_size=256", "--config.model.dnn.hidden=(32,16)",
+         "--config.model.dnn.dropout=0.1", "--config.checkpoint_every_steps=25", f"--workdir={workdir}", *extra]
   proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   if check and proc.returncode != 0:
     raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -197,8 +197,8 @@ def test_two_processes_train_the_same_model_as_one(dataset, tmp_path):
   procs = [subprocess.Popen(
       [sys.executable, "-m", "experiments.main", "run", f"--config={REPO}/configs/base.py:quick",
        "--config.dataset.name=path", f"--config.dataset.path={dataset}", "--config.progress_bar=False",
-       "--config.batch_size=64", "--config.eval_batch_size=256", "--config.model.hidden=(32,16)",
-       "--config.model.dropout=0.1", *common, f"--workdir={tmp_path / 'multi'}",
+       "--config.batch_size=64", "--config.eval_batch_size=256", "--config.model.dnn.hidden=(32,16)",
+       "--config.model.dnn.dropout=0.1", *common, f"--workdir={tmp_path / 'multi'}",
        "--distributed", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
       cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
   outs = [p.communicate(timeout=300) for p in procs]

@@ -17,27 +17,28 @@ from ctrjax.layers import FeatureEmbedding, pooled_fields
 from ctrjax.layers.interaction import (CIN, CrossLayer, CrossLayerMix, CrossLayerV2, InteractingLayer,
                                        anova_kernel, bi_interaction, field_names, field_vectors,
                                        fm_pairwise, pairwise_products)
-from ctrjax.models import get_model
+from ctrjax.models import build_model, get_model
 from tests.test_models import B, SCHEMA, _batch
 
 # (case, model, small config): every zoo model and its main switches, sized for a fast test.
 CASES = (
     ("autoint", "autoint", dict(num_layers=2, attention_dim=8)),
-    ("autoint_plus_official", "autoint", dict(num_layers=2, attention_dim=8, variant="official", hidden=(16,))),
+    ("autoint_plus_official", "autoint", dict(num_layers=2, attention_dim=8, variant="official",
+                                               dnn={"hidden": (16,)})),
     ("lr", "lr", {}),
     ("fm", "fm", {}),
     ("afm", "afm", {}),
-    ("nfm", "nfm", dict(hidden=(16,))),
+    ("nfm", "nfm", dict(dnn={"hidden": (16,)})),
     ("deep_crossing", "deep_crossing", dict(residual_units=(16, 16))),
-    ("crossnet", "dcn", dict(hidden=())),
-    ("dcn", "dcn", dict(hidden=(16,))),
-    ("dcnv2_parallel", "dcnv2", dict(hidden=(16,))),
-    ("dcnv2_mixture_stacked_parallel", "dcnv2", dict(hidden=(16,), cross_type="low_rank_mixture", low_rank=4,
-                                                     num_experts=2, structure="stacked_parallel")),
-    ("cin", "xdeepfm", dict(cin_layers=(8, 8), hidden=(), first_order=False)),
-    ("xdeepfm", "xdeepfm", dict(cin_layers=(8, 8), split_half=False, hidden=(16,))),
+    ("crossnet", "dcn", dict(dnn={"hidden": ()})),
+    ("dcn", "dcn", dict(dnn={"hidden": (16,)})),
+    ("dcnv2_parallel", "dcnv2", dict(dnn={"hidden": (16,)})),
+    ("dcnv2_mixture_stacked_parallel", "dcnv2", dict(dnn={"hidden": (16,)}, cross_type="low_rank_mixture",
+                                                     low_rank=4, num_experts=2, structure="stacked_parallel")),
+    ("cin", "xdeepfm", dict(cin_layers=(8, 8), dnn={"hidden": ()}, first_order=False)),
+    ("xdeepfm", "xdeepfm", dict(cin_layers=(8, 8), split_half=False, dnn={"hidden": (16,)})),
     ("hofm", "hofm", dict(embed_dim=8)),                 # 2 orders x 8: the shapes of the other models
-    ("finalmlp", "finalmlp", dict(mlp1_hidden=(16,), mlp2_hidden=(16, 16), fs_hidden=(16,),
+    ("finalmlp", "finalmlp", dict(dnn={"hidden": (16,)}, mlp2_hidden=(16, 16), fs_hidden=(16,),
                                   fs1_context=("user_id",))),
     ("final", "final", dict(block1_hidden=(16, 16), block2_hidden=(16,))),
 )
@@ -49,7 +50,7 @@ F = len(field_names(SCHEMA))
 
 
 def _init(name, **config):
-  model = get_model(name)(schema=SCHEMA, **config)
+  model = build_model(name, SCHEMA, config)
   return model, model.init(jax.random.PRNGKey(0), _batch(), train=False)
 
 
@@ -62,7 +63,7 @@ def _init_case(case):
 
 def _parameter_count(name, **config) -> int:
   """Parameters outside params["embedding"], from shapes alone (no compilation)."""
-  model = get_model(name)(schema=SCHEMA, **config)
+  model = build_model(name, SCHEMA, config)
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), _batch(), train=False))
   return _count({k: v for k, v in shapes["params"].items() if k != "embedding"})
 
@@ -219,9 +220,9 @@ def test_final_block_losses_distil_towards_the_ensemble_in_training_only():
   aux = lambda m, b: float(m.apply(variables, b, train=True)["aux_loss"])   # noqa: E731
   base = aux(model, batch)
   assert base > 0
-  doubled = get_model("final")(schema=SCHEMA, block_loss_weight=2.0, **config)
+  doubled = build_model("final", SCHEMA, {**config, "block_loss_weight": 2.0})
   np.testing.assert_allclose(aux(doubled, batch), 2 * base, rtol=1e-6)
-  assert "aux_loss" not in get_model("final")(schema=SCHEMA, block_loss_weight=0.0, **config).apply(
+  assert "aux_loss" not in build_model("final", SCHEMA, {**config, "block_loss_weight": 0.0}).apply(
       variables, batch, train=True)
   # Rows with weight 0 (a last batch's padding) do not count: changing them changes nothing.
   padded = jax.tree.map(np.array, batch)
@@ -238,7 +239,7 @@ def test_config_errors_name_the_field():
       ("autoint", dict(variant="x"), r"model.variant='x'; choose from \('paper', 'official'\)"),
       ("dcnv2", dict(structure="x"), r"model.structure='x'; choose from"),
       ("dcnv2", dict(cross_type="x"), r"model.cross_type='x'; choose from"),
-      ("dcnv2", dict(hidden=()), r"model.hidden=\(\): structure='parallel' needs DNN widths"),
+      ("dcnv2", dict(dnn={"hidden": ()}), r"model.dnn.hidden=\(\): structure='parallel' needs DNN widths"),
       ("xdeepfm", dict(cin_layers=(3, 4)), r"model.cin_layers=\(3, 4\): with split_half"),
       ("final", dict(block_type="3B"), r"model.block_type='3B'; choose from"),
       ("final", dict(residual_type="x"), r"model.residual_type='x'; choose from"),
@@ -254,9 +255,9 @@ def test_config_errors_name_the_field():
                           ("plain", (), "paper", 20), ("plain,official,quick", (), "official", 2)])
 def test_autoint_config(arg, hidden, variant, epochs):
   c = autoint_config.get_config(arg)
-  assert (c.model_name, tuple(c.model.hidden), c.model.variant, c.num_epochs) == ("autoint", hidden, variant, epochs)
+  assert (c.model_name, tuple(c.model.dnn.hidden), c.model.variant, c.num_epochs) == ("autoint", hidden, variant, epochs)
   assert (c.model.embed_dim, c.model.num_layers, c.model.num_heads, c.model.attention_dim) == (16, 3, 2, 32)
-  get_model(c.model_name)(schema=SCHEMA, **c.model)
+  build_model(c.model_name, SCHEMA, c.model)
   with pytest.raises(ValueError, match="configs/autoint.py: bad argument"):
     autoint_config.get_config("nope")
 

@@ -21,7 +21,7 @@ import numpy as np
 from benchmarks.compare_torch import spec
 from configs import base
 from ctrjax.layers.mlp import DENSE_INITIALIZERS
-from ctrjax.models import get_model
+from ctrjax.models import default_config
 from ctrjax.train import trainer
 
 
@@ -30,9 +30,7 @@ def config(model: str, dataset: str, epochs: int, seed: int, batch_norm: bool,
   """configs/base.py with the shared hyperparameters of spec.py."""
   c = base.get_config()
   c.model_name = model
-  c.model = ml_collections.ConfigDict(spec.ctrjax_model_config(model, batch_norm))
-  if "dnn_kernel_init" in get_model(model).__dataclass_fields__:
-    c.model.dnn_kernel_init = dnn_kernel_init
+  c.model = default_config(model, **spec.ctrjax_model_config(model, batch_norm, dnn_kernel_init))
   c.dataset.name, c.dataset.path = "path", dataset
   c.batch_size = c.eval_batch_size = spec.BATCH_SIZE
   c.optimizer.learning_rate = spec.LEARNING_RATE

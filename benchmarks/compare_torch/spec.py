@@ -6,7 +6,7 @@ behaviour history hist_item_id, which shares the item_id table), embedding 16, b
 without weight decay or L2, the same MLP widths and activations, 1 epoch. BatchNorm in the DNNs is one
 switch (``batch_norm``): off is ctrjax's and DeepCTR-Torch's default, but torch-rechub's MLP always
 has it; on gives every library the same layers, ctrjax's with torch's running-average decay
-(``batch_norm_momentum`` 0.9 = torch's momentum 0.1; ctrjax's default 0.99 lags after one short epoch:
+(``dnn.batch_norm_momentum`` 0.9 = torch's momentum 0.1; ctrjax's default 0.99 lags after one short epoch:
 test AUC 0.57-0.61 instead of 0.71-0.72 on AutoInt+, DCN and DeepFM here).
 """
 from __future__ import annotations
@@ -71,23 +71,27 @@ def deviations(models: list[str], libraries: list[str], batch_norm: bool) -> lis
   return notes
 
 
-def ctrjax_model_config(model: str, batch_norm: bool) -> dict:
-  """The ``config.model`` of ctrjax's module ``model`` for the shared hyperparameters."""
+def ctrjax_model_config(model: str, batch_norm: bool, dnn_kernel_init: str = "xavier_normal") -> dict:
+  """The fields of ctrjax's module ``model`` that the shared hyperparameters set (``config.model``
+  is the model's defaults with these): the DNN's BatchNorm switch and kernel initialiser included,
+  except in BST, whose DNN keeps ctrjax's defaults (no BatchNorm, Xavier kernels)."""
   h = HPARAMS[model]
-  base = dict(embed_dim=EMBED_DIM, hidden=h["hidden"], activation=h["activation"], dropout=0.0)
-  norm = dict(batch_norm=batch_norm, batch_norm_momentum=TORCH_BATCH_NORM_MOMENTUM)
-  if model == "din":
-    return {**base, **norm, "attention_hidden": h["attention_hidden"],
-            "attention_activation": h["attention_activation"], "attention_weighting": "raw"}
-  if model == "dien":
-    return {**base, **norm, "attention_hidden": h["attention_hidden"],
-            "attention_activation": h["attention_activation"], "aux_loss_alpha": h["aux_loss_alpha"],
-            "use_sum_pooling_features": False}
+  dnn = dict(hidden=h["hidden"], activation=h["activation"], dropout=0.0)
   if model == "bst":
     token = 2 * EMBED_DIM  # item embedding ⊕ learned position
-    return {**base, "dropout": h["dropout"], "num_heads": h["num_heads"], "num_layers": h["num_layers"],
-            "ffn_mult": h["ffn_hidden"] // token, "position": "learned", "pooling": "target"}
-  base.update(pooling="mean", **norm)
+    return {"embed_dim": EMBED_DIM, "dnn": {**dnn, "dropout": h["dropout"]}, "dropout": h["dropout"],
+            "num_heads": h["num_heads"], "num_layers": h["num_layers"], "ffn_mult": h["ffn_hidden"] // token,
+            "position": "learned", "pooling": "target"}
+  dnn.update(batch_norm=batch_norm, batch_norm_momentum=TORCH_BATCH_NORM_MOMENTUM, kernel_init=dnn_kernel_init)
+  base = dict(embed_dim=EMBED_DIM, dnn=dnn)
+  if model == "din":
+    return {**base, "attention_hidden": h["attention_hidden"],
+            "attention_activation": h["attention_activation"], "attention_weighting": "raw"}
+  if model == "dien":
+    return {**base, "attention_hidden": h["attention_hidden"],
+            "attention_activation": h["attention_activation"], "aux_loss_alpha": h["aux_loss_alpha"],
+            "use_sum_pooling_features": False}
+  base.update(pooling="mean")
   if model == "autoint":
     return {**base, "num_layers": h["num_layers"], "num_heads": h["num_heads"],
             "attention_dim": EMBED_DIM // h["num_heads"], "residual": True}

@@ -1,6 +1,6 @@
 """Batch loader: each grain element is a whole batch, gathered with one fancy-index per column.
 
-Per-row grain pipelines cost ~30-45 us of Python per row (see jax_stack.md §5), far too slow for CTR;
+Per-row grain pipelines cost ~30-45 us of Python per row (README, Loader), far too slow for CTR;
 here grain only sees batch indices. Training element ``i`` is global batch ``i``: epoch ``i // bpe``
 shuffled by a permutation seeded with ``(seed, epoch)``, so the stream is deterministic and its
 position is the grain iterator state (``{"next_index": step}``), checkpointed with the model.
@@ -95,7 +95,7 @@ class EpochBatchSource(grain.sources.RandomAccessDataSource):
 
 def make_iterator(source: EpochBatchSource, num_threads: int = 2, prefetch: int = 16, transform=None):
   """Checkpointable grain iterator over ``source`` with thread prefetching (no worker processes:
-  on 2 cores they only slow things down; see jax_stack.md §5). ``transform`` (e.g. the transfer
+  on 2 cores they only slow things down). ``transform`` (e.g. the transfer
   to device) runs in the prefetch threads too, so it overlaps with the train step."""
   ds = grain.MapDataset.source(source)
   if transform is not None:

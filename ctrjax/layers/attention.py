@@ -1,7 +1,7 @@
 """Masked attention pooling shared by the sequence models (DIN, FESeq, MIAN, ...).
 
 Masks are True at valid positions. Masked scores are filled with -1e9, not -inf, so a row with
-no valid position yields zero weights and a zero pooled vector instead of NaN (models.md §1.1).
+no valid position yields zero weights and a zero pooled vector instead of NaN.
 """
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ DIN_WEIGHTINGS = ("raw", "softmax")
 
 
 class LocalActivationUnit(nn.Module):
-  """DIN's local activation unit (DIN paper §4.3, Fig. 2; models.md §2.5).
+  """DIN's local activation unit (DIN paper §4.3, Fig. 2).
 
   For query q [B, D] and keys K [B, T, D]: u_t = [q ; k_t ; q − k_t ; q ∘ k_t] (the paper's "out
   product" is the element-wise product, per its authors), s_t = MLP(u_t) -> one unnormalised

@@ -1,4 +1,4 @@
-"""GRU with attentional variants (DIEN's AIGRU, AGRU, AUGRU) as a masked scan (models.md §2.7).
+"""GRU with attentional variants (DIEN's AIGRU, AGRU, AUGRU) as a masked scan (DIEN paper §4.2-4.3).
 
 One cell, in the DIEN paper's notation (eq. 1-4), with the reset gate applied before the
 candidate's matmul as in TensorFlow's GRUCell (the DIEN official code), not after it as in

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from ctrjax.data.schema import Schema
 from ctrjax.layers.embedding import FeatureEmbedding, masked_mean, pooled_fields
-from ctrjax.layers.mlp import apply_activation
+from ctrjax.layers.mlp import XAVIER, apply_activation
 
 
 def fm_pairwise(x: jax.Array) -> jax.Array:
@@ -25,7 +25,7 @@ def inner_products(x: jax.Array) -> jax.Array:
 
 
 class FirstOrder(nn.Module):
-  """b + Σ_f w_f(x_f): one scalar weight per id (FuxiCTR's LogisticRegression, models.md §15);
+  """b + Σ_f w_f(x_f): one scalar weight per id (FuxiCTR's LogisticRegression);
   multi-valued fields and behaviour sequences contribute the mean of their ids' weights,
   numeric fields w·x. Returns the logit term [B]."""
   schema: Schema
@@ -41,9 +41,9 @@ class FirstOrder(nn.Module):
 
 
 def field_vectors(emb: dict, batch: dict, pooling: str = "mean") -> jax.Array:
-  """The field matrix E [B, F, d] of the feature-interaction models (models.md, common notes for
-  §9–15): one vector per field in ``pooled_fields`` order, a behaviour field pooled over its valid
-  positions (mean: a history is one multi-hot field for the non-sequence baselines)."""
+  """The field matrix E [B, F, d] of the feature-interaction models (as FuxiCTR's): one vector per
+  field in ``pooled_fields`` order, a behaviour field pooled over its valid positions (mean: a
+  history is one multi-hot field for the non-sequence baselines)."""
   mask = batch["behavior"]["mask"] if emb["behavior"] else None
   return jnp.stack(list(pooled_fields(emb, mask, pooling).values()), axis=1)
 
@@ -79,16 +79,13 @@ def anova_kernel(x: jax.Array, degree: int) -> jax.Array:
   return jnp.sum(a[degree], axis=-1)
 
 
-_xavier = nn.initializers.xavier_normal()
-
-
 class CrossLayer(nn.Module):
   """DCN cross layer (Wang et al., ADKDD'17, eq. 3): x_{l+1} = x_0 (x_lᵀ w) + b + x_l, w, b ∈ R^D
   (FuxiCTR ``CrossInteraction``: w Xavier-normal, b zeros)."""
 
   @nn.compact
   def __call__(self, x0: jax.Array, x: jax.Array) -> jax.Array:
-    w = self.param("kernel", _xavier, (x.shape[-1], 1))
+    w = self.param("kernel", XAVIER, (x.shape[-1], 1))
     b = self.param("bias", nn.initializers.zeros, (x.shape[-1],))
     return x0 * (x @ w) + b + x
 
@@ -99,7 +96,7 @@ class CrossLayerV2(nn.Module):
 
   @nn.compact
   def __call__(self, x0: jax.Array, x: jax.Array) -> jax.Array:
-    return x0 * nn.Dense(x.shape[-1], kernel_init=_xavier, name="dense")(x) + x
+    return x0 * nn.Dense(x.shape[-1], kernel_init=XAVIER, name="dense")(x) + x
 
 
 class CrossLayerMix(nn.Module):
@@ -121,7 +118,7 @@ class CrossLayerMix(nn.Module):
     low = jnp.tanh(jnp.einsum("bd,edr->ber", x, v))
     low = jnp.tanh(jnp.einsum("ber,esr->bes", low, c))                       # C_i applied to low
     experts = x0[:, None, :] * (jnp.einsum("ber,edr->bed", low, u) + b)      # [B, E, D]
-    gates = jax.nn.softmax(nn.Dense(e, use_bias=False, kernel_init=_xavier, name="gate")(x), axis=-1)
+    gates = jax.nn.softmax(nn.Dense(e, use_bias=False, kernel_init=XAVIER, name="gate")(x), axis=-1)
     return jnp.einsum("be,bed->bd", gates, experts) + x
 
 
@@ -145,7 +142,7 @@ class CIN(nn.Module):
     x, pooled = x0, []
     for k, maps in enumerate(self.layer_sizes):
       outer = jnp.einsum("bid,bjd->bijd", x, x0).reshape(b, -1, d)              # [B, H·F, d]
-      z = nn.Dense(maps, use_bias=False, kernel_init=_xavier, name=f"layer{k}")(outer.swapaxes(1, 2))
+      z = nn.Dense(maps, use_bias=False, kernel_init=XAVIER, name=f"layer{k}")(outer.swapaxes(1, 2))
       z = apply_activation(self.activation, z, train).swapaxes(1, 2)            # [B, maps, d]
       if self.split_half and k < len(self.layer_sizes) - 1:
         x, z = z[:, : maps // 2], z[:, maps // 2:]
@@ -163,7 +160,7 @@ class InteractingLayer(nn.Module):
 
   paper (eq. 5–8): α^h_{m,k} = softmax_k(⟨W^h_Q e_m, W^h_K e_k⟩), ẽ^h_m = Σ_k α^h_{m,k} W^h_V e_k,
   ẽ_m = ⊕_h ẽ^h_m, e^Res_m = ReLU(ẽ_m + W_Res e_m) (ReLU(ẽ_m) without the residual); linear maps
-  without biases. official (featureRec/autoint/model.py, models.md §5.2): Q, K, V and the residual
+  without biases. official (the official code, featureRec/autoint/model.py): Q, K, V and the residual
   are ReLU(Dense + bias), scores / √d', then LayerNorm(ε=1e-8) after the ReLU. The returned
   attention is before the (official code's) attention dropout, so each row sums to 1.
   """
@@ -182,7 +179,7 @@ class InteractingLayer(nn.Module):
     width = self.num_heads * self.head_dim
 
     def project(name: str) -> jax.Array:
-      y = nn.Dense(width, use_bias=official, kernel_init=_xavier, name=name)(x)
+      y = nn.Dense(width, use_bias=official, kernel_init=XAVIER, name=name)(x)
       return nn.relu(y) if official else y
 
     heads = (b, f, self.num_heads, self.head_dim)
@@ -215,7 +212,7 @@ class InteractionAggregation(nn.Module):
     xh, yh = x.reshape(x.shape[0], h, -1), y.reshape(y.shape[0], h, -1)
     w = self.param("bilinear", nn.initializers.xavier_normal(in_axis=(0, 1, 2), out_axis=()),
                    (h, xh.shape[-1], yh.shape[-1]))
-    linear = nn.Dense(1, kernel_init=_xavier, name="x")(x) + nn.Dense(1, kernel_init=_xavier, name="y")(y)
+    linear = nn.Dense(1, kernel_init=XAVIER, name="x")(x) + nn.Dense(1, kernel_init=XAVIER, name="y")(y)
     return linear[:, 0] + jnp.einsum("bhi,hij,bhj->b", xh, w, yh)
 
 
@@ -237,6 +234,6 @@ class FactorizedInteraction(nn.Module):
     concat = self.residual_type == "concat"
     if concat and self.features % 2:
       raise ValueError(f"FINAL block width {self.features}: residual_type='concat' needs even widths")
-    h = nn.Dense(self.features if concat else 2 * self.features, kernel_init=_xavier, name="dense")(x)
+    h = nn.Dense(self.features if concat else 2 * self.features, kernel_init=XAVIER, name="dense")(x)
     h2, h1 = jnp.split(h, 2, axis=-1)
     return jnp.concatenate([h2, h1 * h2], axis=-1) if concat else h2 + h1 * h2

@@ -1,6 +1,7 @@
 """MLP tower and activations (FuxiCTR order per hidden layer: Dense -> [BatchNorm] -> act -> [Dropout])."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import flax.linen as nn
@@ -25,7 +26,7 @@ class Dice(nn.Module):
   """Dice (DIN paper eq. 9): f(s) = p(s)·s + (1 − p(s))·α·s, p(s) = σ((s − E[s]) / √(Var[s] + ε)).
 
   Statistics are per channel over every other axis (for [B, T, H] attention inputs: over B·T,
-  padding included, as FuxiCTR/DeepCTR). variant 'paper' (FuxiCTR, models.md §2.3): mini-batch
+  padding included, as FuxiCTR/DeepCTR). variant 'paper' (DIN paper §5.2; FuxiCTR): mini-batch
   statistics in training, moving averages (momentum 0.99) at evaluation; 'batch_stats' (the DIEN
   official code): mini-batch statistics at evaluation too. α per channel, initialised to 0; no
   affine scale/shift inside p. A batch of identical rows has Var = 0 and gives p = 0.5, not NaN.
@@ -65,14 +66,16 @@ def apply_activation(name: str, x: jax.Array, train: bool) -> jax.Array:
 
 
 DENSE_INITIALIZERS = {
-    "xavier_normal": nn.initializers.xavier_normal(),       # FuxiCTR's DNN kernels, our default
+    "xavier_normal": nn.initializers.xavier_normal(),       # FuxiCTR's Dense kernels, our default
     # PyTorch's nn.Linear default, Kaiming-uniform with a = √5: U(±1/√fan_in) (biases stay 0 here)
     "torch_linear": nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
+    "truncated_normal": nn.initializers.truncated_normal(0.02),   # the MIAN paper's (§4.3) std 0.02
 }
+XAVIER = DENSE_INITIALIZERS["xavier_normal"]
 
 
-def dense_initializer(name: str, field: str = "model.dnn_kernel_init") -> nn.initializers.Initializer:
-  """The DNN kernel initialiser called ``name``; a ValueError naming ``field`` otherwise."""
+def dense_initializer(name: str, field: str) -> nn.initializers.Initializer:
+  """The Dense kernel initialiser called ``name``; a ValueError naming the config ``field`` otherwise."""
   if name not in DENSE_INITIALIZERS:
     raise ValueError(f"{field}={name!r}; choose from {sorted(DENSE_INITIALIZERS)}")
   return DENSE_INITIALIZERS[name]
@@ -85,7 +88,7 @@ class MLP(nn.Module):
   dropout: float = 0.0
   batch_norm: bool = False
   output_dim: int | None = None
-  kernel_init: nn.initializers.Initializer = nn.initializers.xavier_normal()
+  kernel_init: nn.initializers.Initializer = XAVIER
   batch_norm_momentum: float = 0.99    # running-average decay (flax/Keras); PyTorch's momentum 0.1 = 0.9
 
   @nn.compact
@@ -100,3 +103,36 @@ class MLP(nn.Module):
     if self.output_dim is not None:
       x = nn.Dense(self.output_dim, kernel_init=self.kernel_init)(x)
     return x
+
+
+@dataclasses.dataclass(frozen=True)
+class DNN:
+  """A model's MLP tower (FuxiCTR's DNN): per width in ``hidden``, Dense -> [BatchNorm] -> activation
+  -> [Dropout]. Every model with a tower holds one as its field ``dnn`` (config ``model.dnn``); an
+  empty ``hidden`` means no hidden layer (in AutoInt, DCN and xDeepFM: no DNN at all). Frozen, so it
+  can be a module field's default; invalid values raise a ValueError naming ``model.dnn.<field>``."""
+  hidden: tuple[int, ...] = ()
+  activation: str = "relu"
+  dropout: float = 0.0
+  batch_norm: bool = False
+  batch_norm_momentum: float = 0.99    # BatchNorm running-average decay (PyTorch's momentum 0.1 = 0.9)
+  kernel_init: str = "xavier_normal"   # a DENSE_INITIALIZERS name; 'torch_linear': PyTorch's nn.Linear
+
+  def __post_init__(self):
+    object.__setattr__(self, "hidden", tuple(self.hidden))
+    if not all(isinstance(w, int) and w > 0 for w in self.hidden):
+      raise ValueError(f"model.dnn.hidden={self.hidden!r}: expected positive integer widths")
+    if self.activation not in ACTIVATIONS:
+      raise ValueError(f"model.dnn.activation={self.activation!r}; choose from {sorted(ACTIVATIONS)}")
+    if not 0.0 <= self.dropout < 1.0:
+      raise ValueError(f"model.dnn.dropout={self.dropout!r}: expected a rate in [0, 1)")
+    if not 0.0 <= self.batch_norm_momentum < 1.0:
+      raise ValueError(f"model.dnn.batch_norm_momentum={self.batch_norm_momentum!r}: "
+                       f"expected a decay in [0, 1)")
+    dense_initializer(self.kernel_init, "model.dnn.kernel_init")
+
+  def tower(self, output_dim: int | None = None, name: str = "mlp") -> MLP:
+    """The MLP of these settings (built inside a compact module, it becomes its submodule ``name``)."""
+    return MLP(self.hidden, self.activation, self.dropout, self.batch_norm, output_dim,
+               dense_initializer(self.kernel_init, "model.dnn.kernel_init"), self.batch_norm_momentum,
+               name=name)

@@ -1,4 +1,4 @@
-"""Layers of the Transformer-over-behaviours models: FESeq, SASRec, TiSASRec, DMR (models.md §6, §2.6).
+"""Layers of the Transformer-over-behaviours models: FESeq, SASRec, TiSASRec, DMR (FESeq paper §3).
 
 Tokens (``align_fields``): each behaviour field with ids is one column of a behaviour token and is
 paired with the candidate field on the same embedding table: an item field, else a context field.
@@ -9,12 +9,9 @@ last). User fields and the item and context fields without a behaviour counterpa
 "non-sequence" fields. A numeric behaviour field (the time gap) is not a token column: the models
 exclude it by name and read it themselves.
 
-Masks (``attention_mask``; flax convention, True = may attend), FESeq.get_mask:
-  allow[i, j] = (valid_j ∨ i = j) ∧ (¬causal ∨ j ≤ i).
-A padded key is hidden from every other query, and the diagonal keeps a padded query's row
-non-empty (no NaN). Causal: query i sees itself and older tokens; the candidate (last) sees the whole
-history, a behaviour never sees the candidate. Outputs at padded slots are meaningless and every
-pooling here ignores them.
+Masks (ctrjax/layers/transformer.py, ``attention_mask``): causal, query i sees itself and older
+tokens; the candidate (last) sees the whole history, a behaviour never sees the candidate. Outputs at
+padded slots are meaningless and every pooling here ignores them.
 """
 from __future__ import annotations
 
@@ -28,12 +25,10 @@ import jax.numpy as jnp
 from ctrjax.data.schema import Field, Schema
 from ctrjax.layers.attention import LocalActivationUnit, masked_softmax
 from ctrjax.layers.embedding import masked_mean, masked_sum
-from ctrjax.layers.mlp import PReLU, apply_activation
+from ctrjax.layers.mlp import XAVIER, PReLU
 
-NORMS = ("none", "post_ln", "pre_ln")
 POOLINGS = ("target", "mean", "sum", "concat")
 POOLING_SCORES = ("bilinear", "dot", "din")
-_xavier = nn.initializers.xavier_normal()
 
 
 def _identity(key, shape, dtype=jnp.float32):
@@ -99,16 +94,6 @@ def with_candidate(behaviors: jax.Array, candidate: jax.Array, mask: jax.Array):
   return tokens, jnp.concatenate([mask, jnp.ones((mask.shape[0], 1), bool)], axis=1)
 
 
-def attention_mask(valid: jax.Array, causal: bool) -> jax.Array:
-  """allow [B, 1, L, L] from valid [B, L] (module docstring)."""
-  length = valid.shape[-1]
-  diagonal = jnp.eye(length, dtype=bool)
-  allow = valid[:, None, None, :] | diagonal
-  if causal:
-    allow = allow & jnp.tril(jnp.ones((length, length), bool))
-  return allow
-
-
 def reverse_positions(length: int) -> jax.Array:
   """Position id of each of ``length`` slots: its distance to the last slot (the candidate gets 0,
   the newest behaviour 1, ...), so with left padding a behaviour's id does not depend on how long
@@ -125,86 +110,6 @@ def time_buckets(gap: jax.Array, num_buckets: int, width: float = 1.0, log_base:
   return jnp.minimum(jnp.floor(steps), num_buckets - 1).astype(jnp.int32)
 
 
-class MaskedSelfAttention(nn.Module):
-  """Multi-head self-attention over x [B, L, D] with an explicit mask allow [B, 1, L, L].
-
-  e_ij = q_i · (k_j + K_ij) / √(D/H), α = masked softmax_j, z_i = Σ_j α_ij (v_j + V_ij), then an
-  output projection. K_ij, V_ij (broadcastable to [B, L, L, D]) are optional per-pair terms added after the
-  projections (TiSASRec's relative time and position embeddings); without them this is standard
-  attention. Dropout (``attention_dropout``) acts on α. Returns (output, α [B, H, L, L] before
-  dropout).
-  """
-  num_heads: int
-  attention_dropout: float = 0.0
-  use_bias: bool = True
-  kernel_init: nn.initializers.Initializer = _xavier
-
-  @nn.compact
-  def __call__(self, x, allow, train: bool, key_terms=None, value_terms=None):
-    b, length, width = x.shape
-    heads = (b, length, self.num_heads, width // self.num_heads)
-
-    def project(name):
-      return nn.Dense(width, use_bias=self.use_bias, kernel_init=self.kernel_init, name=name)(x).reshape(heads)
-
-    def per_pair(terms):
-      return jnp.broadcast_to(terms, (b, length, length, width)).reshape(b, length, length, *heads[2:])
-
-    q, k, v = project("query"), project("key"), project("value")
-    scores = jnp.einsum("blhc,bmhc->bhlm", q, k)
-    if key_terms is not None:
-      scores = scores + jnp.einsum("blhc,blmhc->bhlm", q, per_pair(key_terms))
-    alpha = masked_softmax(scores / jnp.sqrt(heads[-1]).astype(x.dtype), allow)
-    dropped = nn.Dropout(self.attention_dropout, deterministic=not train)(alpha)
-    z = jnp.einsum("bhlm,bmhc->blhc", dropped, v)
-    if value_terms is not None:
-      z = z + jnp.einsum("bhlm,blmhc->blhc", dropped, per_pair(value_terms))
-    out = nn.Dense(width, use_bias=self.use_bias, kernel_init=self.kernel_init, name="out")(z.reshape(x.shape))
-    return out, alpha
-
-
-class SequenceTransformerBlock(nn.Module):
-  """One Transformer block with an explicit attention mask (causal or not) over x [B, L, D].
-
-  norm 'none' (FESeq eq. 7-8; official layer_norm=False): S = X + Drop(MHSA(X)), F = S + Drop(FFN(S));
-  'post_ln' (FuxiCTR's BST/SASRec/TiSASRec block): S = LN(X + Drop(MHSA(X))), F = LN(S + Drop(FFN(S)));
-  'pre_ln' (SASRec paper): S = X + Drop(MHSA(LN(X))), F = S + Drop(FFN(LN(S))); a stack of these
-  needs a final LayerNorm. FFN = Dense(ffn_hidden, default D) -> activation -> Dense(D).
-  key_terms / value_terms go to MaskedSelfAttention. Returns (F, attention weights [B, H, L, L]).
-  """
-  num_heads: int
-  ffn_hidden: int | None = None
-  ffn_activation: str = "leaky_relu"
-  dropout: float = 0.0
-  attention_dropout: float = 0.0
-  norm: str = "none"
-  kernel_init: nn.initializers.Initializer = _xavier
-
-  @nn.compact
-  def __call__(self, x, allow, train: bool, key_terms=None, value_terms=None):
-    if self.norm not in NORMS:
-      raise ValueError(f"transformer norm={self.norm!r}; choose from {NORMS}")
-    width = x.shape[-1]
-    attention = MaskedSelfAttention(self.num_heads, self.attention_dropout, kernel_init=self.kernel_init,
-                                    name="attention")
-    drop = nn.Dropout(self.dropout, deterministic=not train)
-
-    def ffn(h):
-      h = nn.Dense(self.ffn_hidden or width, kernel_init=self.kernel_init, name="ffn_hidden")(h)
-      h = apply_activation(self.ffn_activation, h, train)
-      return nn.Dense(width, kernel_init=self.kernel_init, name="ffn_out")(h)
-
-    norm_attention = nn.LayerNorm(name="ln_attention") if self.norm != "none" else (lambda h: h)
-    norm_ffn = nn.LayerNorm(name="ln_ffn") if self.norm != "none" else (lambda h: h)
-    if self.norm == "pre_ln":
-      attended, alpha = attention(norm_attention(x), allow, train, key_terms, value_terms)
-      s = x + drop(attended)
-      return s + drop(ffn(norm_ffn(s))), alpha
-    attended, alpha = attention(x, allow, train, key_terms, value_terms)
-    s = norm_attention(x + drop(attended))
-    return norm_ffn(s + drop(ffn(s))), alpha
-
-
 class FieldInteractionLayer(nn.Module):
   """FESeq's interacting layer over fields x [..., F, d] -> ([..., F, d], attention [..., H, F, F]).
 
@@ -216,7 +121,7 @@ class FieldInteractionLayer(nn.Module):
   num_heads: int = 1
   attention_dropout: float = 0.0
   layer_norm: bool = True
-  kernel_init: nn.initializers.Initializer = _xavier
+  kernel_init: nn.initializers.Initializer = XAVIER
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -249,7 +154,7 @@ class TargetAttentionPool(nn.Module):
   din_hidden: Sequence[int] = (512, 256, 128)
   dropout: float = 0.0
   attention_dropout: float = 0.0
-  kernel_init: nn.initializers.Initializer = _xavier
+  kernel_init: nn.initializers.Initializer = XAVIER
 
   @nn.compact
   def __call__(self, query, tokens, valid, train: bool):

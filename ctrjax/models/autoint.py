@@ -1,10 +1,10 @@
-"""AutoInt and AutoInt+ (Song et al., CIKM'19; models.md §5).
+"""AutoInt and AutoInt+ (Song et al., CIKM'19).
 
 Input: one d-vector per field, e_m (FeatureEmbedding: categorical V_m x_m, multi-valued fields the
 mean of their ids' vectors (eq. 3), numeric v_m·x_m (eq. 4); a behaviour history is one
 mean-pooled multi-hot field, ``pooling``). L interacting layers (InteractingLayer; eq. 5–8 with
 ``variant='paper'``, the official code's ReLU Q/K/V, 1/√d' scaling and LayerNorm with
-'official'), then eq. 9: logit = wᵀ(e^Res_1 ⊕ … ⊕ e^Res_M) + b. AutoInt+ (``hidden`` non-empty)
+'official'), then eq. 9: logit = wᵀ(e^Res_1 ⊕ … ⊕ e^Res_M) + b. AutoInt+ (``dnn.hidden`` non-empty)
 adds a feed-forward network over the flattened embeddings, trained jointly: logit += DNN(⊕_m e_m)
 (the official code: sum of the two logits).
 
@@ -16,12 +16,10 @@ weights and ``embedding_dropout`` on e_m (official keep_prob[0], keep_prob[1]), 
 DNN. out["attention"] = {"layer<l>": α [B, H, F, F]}: row m of head h is α^h_{m,·} (eq. 5) over
 the fields in ``field_names(schema)`` order, for heat maps like the paper's Figure 7.
 """
-from typing import Sequence
-
 import flax.linen as nn
 
 from ctrjax.data.schema import Schema
-from ctrjax.layers import FeatureEmbedding, MLP, dense_initializer
+from ctrjax.layers import DNN, FeatureEmbedding
 from ctrjax.layers.interaction import InteractingLayer, field_vectors
 
 
@@ -36,12 +34,7 @@ class Model(nn.Module):
   variant: str = "paper"             # paper (eq. 5-8) | official (ReLU Q/K/V, 1/√d', LayerNorm)
   attention_dropout: float = 0.0
   embedding_dropout: float = 0.0
-  hidden: Sequence[int] = ()         # () = AutoInt; widths = AutoInt+ (joint DNN)
-  activation: str = "relu"
-  dropout: float = 0.0
-  batch_norm: bool = False
-  batch_norm_momentum: float = 0.99       # BatchNorm running-average decay (PyTorch's 0.1 = 0.9)
-  dnn_kernel_init: str = "xavier_normal"  # DNN kernels; 'torch_linear': PyTorch's nn.Linear default
+  dnn: DNN = DNN()                   # hidden () = AutoInt; widths = AutoInt+ (joint DNN)
   init_std: float = 0.02
 
   @nn.compact
@@ -57,9 +50,6 @@ class Model(nn.Module):
           name=f"interacting{layer}")(x, train)
     logit = nn.Dense(1, kernel_init=nn.initializers.xavier_normal(), name="output")(
         x.reshape(x.shape[0], -1))[:, 0]
-    if self.hidden:
-      logit = logit + MLP(self.hidden, self.activation, self.dropout, self.batch_norm,
-                          batch_norm_momentum=self.batch_norm_momentum,
-                          kernel_init=dense_initializer(self.dnn_kernel_init), output_dim=1,
-                          name="mlp")(fields.reshape(fields.shape[0], -1), train)[:, 0]
+    if self.dnn.hidden:
+      logit = logit + self.dnn.tower(output_dim=1)(fields.reshape(fields.shape[0], -1), train)[:, 0]
     return {"logit": logit, "attention": attention}

@@ -5,24 +5,17 @@ behaviours are sum-pooled over non-padding positions (paper eq. 1); user, candid
 behaviours and context are concatenated and fed to an MLP (200-80, PReLU in the paper's setup).
 id_dropout is the paper's "Dropout" regulariser (§6.5: 50% of the feature ids of each sample).
 """
-from typing import Sequence
-
 import flax.linen as nn
 import jax.numpy as jnp
 
 from ctrjax.data.schema import Schema
-from ctrjax.layers import FeatureEmbedding, MLP, dense_initializer, pooled_fields
+from ctrjax.layers import DNN, FeatureEmbedding, pooled_fields
 
 
 class Model(nn.Module):
   schema: Schema
   embed_dim: int = 16
-  hidden: Sequence[int] = (200, 80)
-  activation: str = "prelu"
-  dropout: float = 0.0
-  batch_norm: bool = False
-  batch_norm_momentum: float = 0.99       # BatchNorm running-average decay (PyTorch's 0.1 = 0.9)
-  dnn_kernel_init: str = "xavier_normal"  # DNN kernels; 'torch_linear': PyTorch's nn.Linear default
+  dnn: DNN = DNN((200, 80), "prelu")
   pooling: str = "sum"          # 'sum' (paper) or 'mean'
   init_std: float = 0.02
   id_dropout: float = 0.0
@@ -33,8 +26,5 @@ class Model(nn.Module):
                            self.id_dropout, name="embedding")(batch, train)
     fields = pooled_fields(emb, batch["behavior"]["mask"] if emb["behavior"] else None, self.pooling)
     x = jnp.concatenate(list(fields.values()), axis=-1)
-    logit = MLP(self.hidden, self.activation, self.dropout, self.batch_norm,
-                batch_norm_momentum=self.batch_norm_momentum,
-                kernel_init=dense_initializer(self.dnn_kernel_init), output_dim=1,
-                name="mlp")(x, train)
+    logit = self.dnn.tower(output_dim=1)(x, train)
     return {"logit": logit[:, 0]}

@@ -1,4 +1,4 @@
-"""BST: Behavior Sequence Transformer (Chen et al., DLP-KDD'19; models.md §7).
+"""BST: Behavior Sequence Transformer (Chen et al., DLP-KDD'19).
 
 Tokens: S = [e_1 ; ... ; e_T ; e_a], L = T + 1, with e_t = concat of the behaviour fields'
 embeddings (item id ⊕ genres) and the candidate e_a (behavior_aligned_item) last; each token is
@@ -19,7 +19,7 @@ Decisions (the paper leaves these open, or we lack its inputs; each a field):
     'sum' over the valid slots and the candidate.
   * Transformer: ctrjax/layers/transformer.py's Post-LN block, FFN hidden = ffn_mult x token width
     with ReLU (the paper uses LeakyReLU in the FFN), no dropout on the attention weights.
-  * One dropout rate (paper 0.2) for the Transformer and the MLP.
+  * Dropout 0.2 (paper) in the Transformer (``dropout``) and in the MLP (``dnn.dropout``).
   * Init: embeddings and the position table truncated normal (init_std); Dense kernels
     Xavier-normal (FuxiCTR).
   * The behaviour mask is batch["behavior"]["mask"]; an empty history attends to the candidate only.
@@ -27,14 +27,12 @@ Returns {"logit": [B]}.
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import flax.linen as nn
 import jax.numpy as jnp
 
 from ctrjax.data.schema import Schema
 from ctrjax.layers.embedding import FeatureEmbedding, behavior_aligned_item, masked_mean, masked_sum
-from ctrjax.layers.mlp import MLP
+from ctrjax.layers.mlp import DNN
 from ctrjax.layers.transformer import TransformerBlock
 
 POSITIONS = ("learned", "none")
@@ -47,11 +45,10 @@ class Model(nn.Module):
   num_heads: int = 8
   num_layers: int = 1
   ffn_mult: int = 4                       # FFN hidden = ffn_mult x token width
-  dropout: float = 0.2                    # Transformer and MLP
+  dropout: float = 0.2                    # Transformer
   position: str = "learned"               # 'learned' or 'none'
   pooling: str = "concat"                 # 'concat' (paper), 'target', 'mean' or 'sum'
-  hidden: Sequence[int] = (1024, 512, 256)
-  activation: str = "leaky_relu"
+  dnn: DNN = DNN((1024, 512, 256), "leaky_relu", dropout=0.2)
   init_std: float = 0.02
 
   def __post_init__(self):
@@ -88,12 +85,11 @@ class Model(nn.Module):
       x = jnp.concatenate([x, jnp.broadcast_to(by_distance[::-1], (*x.shape[:2], self.embed_dim))],
                           axis=-1)
     for layer in range(self.num_layers):
-      x = TransformerBlock(self.num_heads, self.ffn_mult * x.shape[-1], self.dropout, "post_ln",
-                           kernel_init=nn.initializers.xavier_normal(),
+      x = TransformerBlock(self.num_heads, self.ffn_mult * x.shape[-1], dropout=self.dropout, norm="post_ln",
                            name=f"transformer_{layer}")(x, valid, train)
     parts = [v for group in ("user", "item", "context") for v in emb[group].values()]
     z = jnp.concatenate([*parts, self._pool(x, valid)], axis=-1)
-    logit = MLP(self.hidden, self.activation, self.dropout, output_dim=1, name="mlp")(z, train)
+    logit = self.dnn.tower(output_dim=1)(z, train)
     return {"logit": logit[:, 0]}
 
   def _pool(self, x, valid):

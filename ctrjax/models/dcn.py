@@ -1,19 +1,17 @@
-"""DCN, Deep & Cross Network (Wang et al., ADKDD'17; models.md §9), and CrossNet alone.
+"""DCN, Deep & Cross Network (Wang et al., ADKDD'17), and CrossNet alone.
 
 x_0 = ⊕_f e_f (``field_vectors`` flattened); cross network x_{l+1} = x_0 (x_lᵀ w_l) + b_l + x_l
 (``CrossLayer``, paper eq. 3); deep network h = DNN(x_0) in parallel; logit = wᵀ[x_L ; h] + b
-(paper eq. 5, FuxiCTR ``DCN.fc``). ``hidden=()`` drops the DNN: the AutoInt paper's CrossNet
+(paper eq. 5, FuxiCTR ``DCN.fc``). ``dnn.hidden=()`` drops the DNN: the AutoInt paper's CrossNet
 ("CN") baseline, logit = wᵀ x_L + b. DNN widths default to the repo's Embedding&MLP baselines
 (200-80, as DeepFM, W&D, IPNN) with ReLU; the paper tunes them per dataset. The paper feeds
 log-transformed dense features into x_0 as well; numeric fields here are x·v like every field.
 """
-from typing import Sequence
-
 import flax.linen as nn
 import jax.numpy as jnp
 
 from ctrjax.data.schema import Schema
-from ctrjax.layers import FeatureEmbedding, MLP, dense_initializer
+from ctrjax.layers import DNN, FeatureEmbedding
 from ctrjax.layers.interaction import CrossLayer, field_vectors
 
 
@@ -22,12 +20,7 @@ class Model(nn.Module):
   embed_dim: int = 16
   pooling: str = "mean"
   num_cross_layers: int = 3
-  hidden: Sequence[int] = (200, 80)  # () = CrossNet only
-  activation: str = "relu"
-  dropout: float = 0.0
-  batch_norm: bool = False
-  batch_norm_momentum: float = 0.99       # BatchNorm running-average decay (PyTorch's 0.1 = 0.9)
-  dnn_kernel_init: str = "xavier_normal"  # DNN kernels; 'torch_linear': PyTorch's nn.Linear default
+  dnn: DNN = DNN((200, 80))          # hidden () = CrossNet only
   init_std: float = 0.02
 
   @nn.compact
@@ -40,10 +33,8 @@ class Model(nn.Module):
     for layer in range(self.num_cross_layers):
       x = CrossLayer(name=f"cross{layer}")(x0, x)
     parts = [x]
-    if self.hidden:
-      parts.append(MLP(self.hidden, self.activation, self.dropout, self.batch_norm,
-                       batch_norm_momentum=self.batch_norm_momentum,
-                       kernel_init=dense_initializer(self.dnn_kernel_init), name="mlp")(x0, train))
+    if self.dnn.hidden:
+      parts.append(self.dnn.tower()(x0, train))
     logit = nn.Dense(1, kernel_init=nn.initializers.xavier_normal(), name="output")(
         jnp.concatenate(parts, axis=-1))
     return {"logit": logit[:, 0]}

@@ -1,4 +1,4 @@
-"""DCNv2 (Wang et al., WWW'21; models.md §10), as FuxiCTR's DCNv2.
+"""DCNv2 (Wang et al., WWW'21), as FuxiCTR's DCNv2.
 
 x_0 = ⊕_f e_f (``field_vectors`` flattened). Cross layers, ``cross_type``:
   full: x_{l+1} = x_0 ∘ (W_l x_l + b_l) + x_l (``CrossLayerV2``, paper eq. 1);
@@ -6,16 +6,14 @@ x_0 = ⊕_f e_f (``field_vectors`` flattened). Cross layers, ``cross_type``:
   (``CrossLayerMix``, paper eq. 3–4, rank ``low_rank``, ``num_experts`` experts, softmax gates).
 ``structure`` (paper Fig. 1, FuxiCTR ``model_structure``): crossnet_only: z = x_L;
 stacked: z = DNN(x_L); parallel: z = [x_L ; DNN(x_0)]; stacked_parallel: z = [DNN_s(x_L) ; DNN_p(x_0)]
-(two networks with the same ``hidden`` widths; FuxiCTR lets them differ). logit = wᵀz + b.
+(two networks with the same ``dnn`` settings; FuxiCTR lets them differ). logit = wᵀz + b.
 DNN widths default to the repo baselines' 200-80 with ReLU; the paper tunes them per dataset.
 """
-from typing import Sequence
-
 import flax.linen as nn
 import jax.numpy as jnp
 
 from ctrjax.data.schema import Schema
-from ctrjax.layers import FeatureEmbedding, MLP, dense_initializer
+from ctrjax.layers import DNN, FeatureEmbedding
 from ctrjax.layers.interaction import CrossLayerMix, CrossLayerV2, field_vectors
 
 STRUCTURES = ("crossnet_only", "stacked", "parallel", "stacked_parallel")
@@ -31,12 +29,7 @@ class Model(nn.Module):
   low_rank: int = 32
   num_experts: int = 4
   structure: str = "parallel"        # crossnet_only | stacked | parallel | stacked_parallel
-  hidden: Sequence[int] = (200, 80)
-  activation: str = "relu"
-  dropout: float = 0.0
-  batch_norm: bool = False
-  batch_norm_momentum: float = 0.99       # BatchNorm running-average decay (PyTorch's 0.1 = 0.9)
-  dnn_kernel_init: str = "xavier_normal"  # DNN kernels; 'torch_linear': PyTorch's nn.Linear default
+  dnn: DNN = DNN((200, 80))
   init_std: float = 0.02
 
   def __post_init__(self):
@@ -45,8 +38,8 @@ class Model(nn.Module):
       raise ValueError(f"model.structure={self.structure!r}; choose from {STRUCTURES}")
     if self.cross_type not in CROSS_TYPES:
       raise ValueError(f"model.cross_type={self.cross_type!r}; choose from {CROSS_TYPES}")
-    if self.structure != "crossnet_only" and not self.hidden:
-      raise ValueError(f"model.hidden=(): structure={self.structure!r} needs DNN widths "
+    if self.structure != "crossnet_only" and not self.dnn.hidden:
+      raise ValueError(f"model.dnn.hidden=(): structure={self.structure!r} needs DNN widths "
                        f"(or model.structure='crossnet_only')")
 
   @nn.compact
@@ -63,9 +56,7 @@ class Model(nn.Module):
         x = CrossLayerMix(self.low_rank, self.num_experts, name=f"cross{layer}")(x0, x)
 
     def dnn(name, inputs):
-      return MLP(self.hidden, self.activation, self.dropout, self.batch_norm,
-                 batch_norm_momentum=self.batch_norm_momentum,
-                 kernel_init=dense_initializer(self.dnn_kernel_init), name=name)(inputs, train)
+      return self.dnn.tower(name=name)(inputs, train)
 
     stacked = self.structure in ("stacked", "stacked_parallel")
     parts = [dnn("stacked_mlp", x) if stacked else x]

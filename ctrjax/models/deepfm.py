@@ -1,28 +1,21 @@
-"""DeepFM (Guo et al., IJCAI'17; models.md §12): logit = first order + FM + DNN, sharing embeddings.
+"""DeepFM (Guo et al., IJCAI'17): logit = first order + FM + DNN, sharing embeddings.
 
-Field vectors f_1..f_F [B, d] as in BaseModel (behaviour fields sum-pooled; models.md §14 notes
-a pooled history is one field, not one feature per behaviour as in the original FM). FM term
-Σ_{i<j} ⟨f_i, f_j⟩ by the sum-square trick; DNN over [f_1 ; ... ; f_F]; first-order weights
-per id (FirstOrder, behaviours mean-pooled).
+Field vectors f_1..f_F [B, d] as in BaseModel (behaviour fields sum-pooled: a pooled history is
+one field, not one feature per behaviour as in the original FM). FM term Σ_{i<j} ⟨f_i, f_j⟩ by the
+sum-square trick; DNN over [f_1 ; ... ; f_F]; first-order weights per id (FirstOrder, behaviours
+mean-pooled).
 """
-from typing import Sequence
-
 import flax.linen as nn
 
 from ctrjax.data.schema import Schema
-from ctrjax.layers import FeatureEmbedding, MLP, dense_initializer
+from ctrjax.layers import DNN, FeatureEmbedding
 from ctrjax.layers.interaction import FirstOrder, field_vectors, fm_pairwise
 
 
 class Model(nn.Module):
   schema: Schema
   embed_dim: int = 16
-  hidden: Sequence[int] = (200, 80)
-  activation: str = "prelu"
-  dropout: float = 0.0
-  batch_norm: bool = False
-  batch_norm_momentum: float = 0.99       # BatchNorm running-average decay (PyTorch's 0.1 = 0.9)
-  dnn_kernel_init: str = "xavier_normal"  # DNN kernels; 'torch_linear': PyTorch's nn.Linear default
+  dnn: DNN = DNN((200, 80), "prelu")
   pooling: str = "sum"
   init_std: float = 0.02
 
@@ -31,8 +24,5 @@ class Model(nn.Module):
     emb = FeatureEmbedding(self.schema, self.embed_dim, nn.initializers.truncated_normal(self.init_std),
                            name="embedding")(batch)
     fields = field_vectors(emb, batch, self.pooling)                                  # [B, F, d]
-    deep = MLP(self.hidden, self.activation, self.dropout, self.batch_norm,
-               batch_norm_momentum=self.batch_norm_momentum,
-               kernel_init=dense_initializer(self.dnn_kernel_init), output_dim=1, name="mlp")(
-        fields.reshape(fields.shape[0], -1), train)[:, 0]
+    deep = self.dnn.tower(output_dim=1)(fields.reshape(fields.shape[0], -1), train)[:, 0]
     return {"logit": FirstOrder(self.schema, name="first_order")(batch) + fm_pairwise(fields) + deep}

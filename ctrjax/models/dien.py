@@ -1,4 +1,4 @@
-"""DIEN: Deep Interest Evolution Network (Zhou et al., AAAI'19; models.md §4).
+"""DIEN: Deep Interest Evolution Network (Zhou et al., AAAI'19).
 
 Embedding: behaviour tokens e_t = concat of the behaviour fields' embeddings (item id ⊕ genres)
 [B, T, D_b]; the candidate e_a = the same fields of the candidate item (behavior_aligned_item).
@@ -59,7 +59,7 @@ from ctrjax.data.schema import Schema
 from ctrjax.layers.attention import LocalActivationUnit, masked_softmax
 from ctrjax.layers.embedding import FeatureEmbedding, behavior_aligned_item, masked_sum
 from ctrjax.layers.gru import GRU, check_gru_type
-from ctrjax.layers.mlp import MLP, PReLU, dense_initializer
+from ctrjax.layers.mlp import DNN, MLP, PReLU
 
 ATTENTION_TYPES = ("din_fcn", "bilinear")
 
@@ -79,12 +79,7 @@ class Model(nn.Module):
   attention_hidden: Sequence[int] = (80, 40)
   attention_activation: str = "sigmoid"
   use_sum_pooling_features: bool = True   # Σ e_t and e_a ∘ Σ e_t in the DNN input (official)
-  hidden: Sequence[int] = (200, 80)
-  activation: str = "dice"
-  dropout: float = 0.0
-  batch_norm: bool = False
-  batch_norm_momentum: float = 0.99       # BatchNorm running-average decay (PyTorch's 0.1 = 0.9)
-  dnn_kernel_init: str = "xavier_normal"  # DNN kernels; 'torch_linear': PyTorch's nn.Linear default
+  dnn: DNN = DNN((200, 80), "dice")
   aux_loss_alpha: float = 1.0             # 0 switches the auxiliary loss off
   aux_hidden: Sequence[int] = (100, 50)
   aux_activation: str = "sigmoid"
@@ -122,10 +117,7 @@ class Model(nn.Module):
       pooled = masked_sum(behaviors, mask, axis=1)
       parts += [pooled, target * pooled]
     parts += [evolved, *emb["context"].values()]
-    logit = MLP(self.hidden, self.activation, self.dropout, self.batch_norm,
-                batch_norm_momentum=self.batch_norm_momentum,
-                kernel_init=dense_initializer(self.dnn_kernel_init), output_dim=1,
-                name="mlp")(jnp.concatenate(parts, axis=-1), train)
+    logit = self.dnn.tower(output_dim=1)(jnp.concatenate(parts, axis=-1), train)
     out["logit"] = logit[:, 0]
     if self.aux_loss_alpha > 0:
       aux_net = MLP(self.aux_hidden, self.aux_activation, output_dim=1, name="aux_net")

@@ -1,4 +1,4 @@
-"""DIN: Deep Interest Network (Zhou et al., KDD'18; models.md §2.5, §3).
+"""DIN: Deep Interest Network (Zhou et al., KDD'18).
 
 BaseModel with the sum pooling of behaviours replaced by the local activation unit (paper §4.3):
 the candidate, as a behaviour-shaped token q (its fields on the behaviours' tables), weights
@@ -9,7 +9,7 @@ Paper settings (Table 3): attention MLP 80-40, prediction MLP 200-80, PReLU ("DI
 ("DIN with Dice") in both. Decisions, each a field:
   * attention_weighting 'raw' (the paper: scores not normalised, padding 0) or 'softmax' (both
     official codes); scale_by_sqrt_d divides softmax scores by √D (the DIN demo).
-  * attention_activation None = the same as ``activation``; the official codes use sigmoid there.
+  * attention_activation None = the same as ``dnn.activation``; the official codes use sigmoid there.
   * id_dropout: the paper's "Dropout" regulariser (§6.5).
 Returns {"logit": [B], "attention": {"din": a [B, T]}}.
 """
@@ -19,23 +19,17 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ctrjax.data.schema import Schema
-from ctrjax.layers import (MLP, FeatureEmbedding, LocalActivationUnit, behavior_aligned_item,
-                           dense_initializer)
+from ctrjax.layers import DNN, FeatureEmbedding, LocalActivationUnit, behavior_aligned_item
 
 
 class Model(nn.Module):
   schema: Schema
   embed_dim: int = 16
-  hidden: Sequence[int] = (200, 80)
-  activation: str = "prelu"                  # 'prelu' (DIN) or 'dice' (DIN with Dice)
+  dnn: DNN = DNN((200, 80), "prelu")       # activation 'prelu' (DIN) or 'dice' (DIN with Dice)
   attention_hidden: Sequence[int] = (80, 40)
-  attention_activation: str | None = None    # None: same as activation
+  attention_activation: str | None = None    # None: same as dnn.activation
   attention_weighting: str = "raw"           # 'raw' (paper) or 'softmax' (official codes)
   scale_by_sqrt_d: bool = False
-  dropout: float = 0.0
-  batch_norm: bool = False
-  batch_norm_momentum: float = 0.99       # BatchNorm running-average decay (PyTorch's 0.1 = 0.9)
-  dnn_kernel_init: str = "xavier_normal"  # DNN kernels; 'torch_linear': PyTorch's nn.Linear default
   init_std: float = 0.02
   id_dropout: float = 0.0
 
@@ -51,12 +45,9 @@ class Model(nn.Module):
     keys = jnp.concatenate(list(emb["behavior"].values()), axis=-1)                 # [B, T, D_b]
     query = behavior_aligned_item(self.schema, emb)                                 # [B, D_b]
     interest, weights = LocalActivationUnit(
-        tuple(self.attention_hidden), self.attention_activation or self.activation,
+        tuple(self.attention_hidden), self.attention_activation or self.dnn.activation,
         self.attention_weighting, self.scale_by_sqrt_d, name="attention")(
             query, keys, batch["behavior"]["mask"], train)
     parts = [*emb["user"].values(), *emb["item"].values(), interest, *emb["context"].values()]
-    logit = MLP(self.hidden, self.activation, self.dropout, self.batch_norm,
-                batch_norm_momentum=self.batch_norm_momentum,
-                kernel_init=dense_initializer(self.dnn_kernel_init), output_dim=1,
-                name="mlp")(jnp.concatenate(parts, axis=-1), train)
+    logit = self.dnn.tower(output_dim=1)(jnp.concatenate(parts, axis=-1), train)
     return {"logit": logit[:, 0], "attention": {"din": weights}}

@@ -31,7 +31,7 @@ Decisions (the paper leaves these open, or the official code lvze92/DMR differs;
     50-long history, the same thing there), so left padding does not move them; width position_dim.
   * Σ_t e_t and e_c ∘ Σ_t e_t are in the DNN input (official; use_sum_pooling_features=False drops
     them). The official DNN batch-normalises its input with batch statistics even at evaluation;
-    batch_norm=True uses the MLP's per-layer BatchNorm (FESeq repo's port), the default is none.
+    dnn.batch_norm=True uses the MLP's per-layer BatchNorm (FESeq repo's port), the default is none.
   * The numeric behaviour field time_gap_field, if present, is not used.
   * Init: embeddings and position tables truncated normal (init_std), Dense kernels Xavier-normal.
   * The behaviour mask is batch["behavior"]["mask"]; an empty history gives û = 0, r̂ = 0 and
@@ -51,10 +51,8 @@ import optax
 from ctrjax.data.schema import Schema
 from ctrjax.layers.attention import masked_softmax
 from ctrjax.layers.embedding import FeatureEmbedding, masked_sum
-from ctrjax.layers.mlp import MLP, PReLU, dense_initializer
+from ctrjax.layers.mlp import DNN, MLP, XAVIER, PReLU
 from ctrjax.layers.sequence import AlignedFields, align_fields, reverse_positions, without_fields
-
-_xavier = nn.initializers.xavier_normal()
 
 
 class OutputTokens(nn.Module):
@@ -83,12 +81,7 @@ class Model(nn.Module):
   num_negatives: int = 5
   use_sum_pooling_features: bool = True
   time_gap_field: str = "hist_time_gap"   # a numeric behaviour field left out of the tokens
-  hidden: Sequence[int] = (512, 256, 128)
-  activation: str = "prelu"
-  dropout: float = 0.0
-  batch_norm: bool = False
-  batch_norm_momentum: float = 0.99       # BatchNorm running-average decay (PyTorch's 0.1 = 0.9)
-  dnn_kernel_init: str = "xavier_normal"  # DNN kernels; 'torch_linear': PyTorch's nn.Linear default
+  dnn: DNN = DNN((512, 256, 128), "prelu")
   init_std: float = 0.02
 
   def __post_init__(self):
@@ -119,7 +112,7 @@ class Model(nn.Module):
       return scorer(units, train)[..., 0]
 
     def query(inputs, name):
-      return PReLU(name=f"{name}_prelu")(nn.Dense(width, kernel_init=_xavier, name=name)(inputs))
+      return PReLU(name=f"{name}_prelu")(nn.Dense(width, kernel_init=XAVIER, name=name)(inputs))
 
     # item-to-item
     positions = self.param("i2i_position", init, (length, self.position_dim))[order]
@@ -135,7 +128,7 @@ class Model(nn.Module):
     u2i_scores = scores(jnp.broadcast_to(query(positions, "u2i_query"), behaviors.shape), "u2i_attention")
     history = mask[:, None, :] & jnp.tril(jnp.ones((length, length), bool))        # row t: j ≤ t, valid
     weights = masked_softmax(jnp.broadcast_to(u2i_scores[:, None, :], history.shape), history)
-    users = PReLU(name="user_prelu")(nn.Dense(width, kernel_init=_xavier, name="user")(
+    users = PReLU(name="user_prelu")(nn.Dense(width, kernel_init=XAVIER, name="user")(
         jnp.einsum("btj,bjd->btd", weights, behaviors)))                          # u_t [B, T, D]
     output_behaviors, output_candidate = OutputTokens(self.schema, aligned, self.embed_dim, self.init_std,
                                                       name="output")(batch)
@@ -145,10 +138,7 @@ class Model(nn.Module):
       pooled = masked_sum(behaviors, mask, axis=1)
       parts += [pooled, candidate * pooled]
     parts += [interest, u2i_relevance[:, None], i2i_relevance[:, None]]
-    logit = MLP(self.hidden, self.activation, self.dropout, self.batch_norm,
-                batch_norm_momentum=self.batch_norm_momentum,
-                kernel_init=dense_initializer(self.dnn_kernel_init), output_dim=1,
-                name="mlp")(jnp.concatenate(parts, axis=-1), train)
+    logit = self.dnn.tower(output_dim=1)(jnp.concatenate(parts, axis=-1), train)
     out = {"logit": logit[:, 0], "attention": {"item_to_item": alpha}}
     if train and self.aux_loss_weight > 0:
       item_ids = jnp.asarray(batch["behavior"][aligned.behavior[0].name])

@@ -1,4 +1,4 @@
-"""FESeq: Feature Interaction-Enhanced Sequential Transformer (Liu et al., 2024; models.md §6).
+"""FESeq: Feature Interaction-Enhanced Sequential Transformer (Liu et al., 2024).
 
 Fields (ctrjax/layers/sequence.py, align_fields): sequence fields = the behaviour fields with ids;
 the target token holds the candidate's field on each one's table (an item field, else a context
@@ -64,10 +64,10 @@ import jax.numpy as jnp
 
 from ctrjax.data.schema import Schema
 from ctrjax.layers.embedding import FeatureEmbedding
-from ctrjax.layers.mlp import MLP
-from ctrjax.layers.sequence import (NORMS, POOLING_SCORES, FieldInteractionLayer, SequenceTransformerBlock,
-                                    TargetAttentionPool, align_fields, attention_mask, pool_tokens,
-                                    reverse_positions, time_buckets, with_candidate, without_fields)
+from ctrjax.layers.mlp import DNN
+from ctrjax.layers.sequence import (POOLING_SCORES, FieldInteractionLayer, TargetAttentionPool, align_fields,
+                                    pool_tokens, reverse_positions, time_buckets, with_candidate, without_fields)
+from ctrjax.layers.transformer import NORMS, TransformerBlock, attention_mask
 
 POOLINGS = ("attention", "target", "mean")
 
@@ -118,7 +118,7 @@ class Model(nn.Module):
   num_layers: int = 1
   refiner_norm: str = "none"             # 'none' (official), 'post_ln' or 'pre_ln'
   attention_dropout: float = 0.1
-  dropout: float = 0.0                   # Transformer, pooling projections and MLP
+  dropout: float = 0.0                   # Transformer and pooling projections
   # sequence pooling (§3.4)
   pooling: str = "attention"             # 'attention', 'target' or 'mean' (Table 8)
   pooling_score: str = "bilinear"        # 'bilinear', 'dot' or 'din' (Table 9)
@@ -126,8 +126,7 @@ class Model(nn.Module):
   pooling_dim: int = 128                 # d_h
   din_hidden: Sequence[int] = (512, 256, 128)
   # output layer
-  hidden: Sequence[int] = (1024, 512, 256)
-  activation: str = "leaky_relu"
+  dnn: DNN = DNN((1024, 512, 256), "leaky_relu")
   init_std: float = 0.02
 
   def __post_init__(self):
@@ -201,9 +200,9 @@ class Model(nn.Module):
     self.sow("intermediates", "refiner_input", x)
     allow = attention_mask(valid, self.causal)
     for layer in range(self.num_layers):
-      x, _ = SequenceTransformerBlock(self.num_heads, ffn_activation="leaky_relu", dropout=self.dropout,
-                                      attention_dropout=self.attention_dropout, norm=self.refiner_norm,
-                                      name=f"refiner_{layer}")(x, allow, train)
+      x = TransformerBlock(self.num_heads, ffn_activation="leaky_relu", dropout=self.dropout,
+                           attention_dropout=self.attention_dropout, norm=self.refiner_norm,
+                           name=f"refiner_{layer}")(x, allow, train)
     if self.refiner_norm == "pre_ln":
       x = nn.LayerNorm(name="refiner_final_ln")(x)
     self.sow("intermediates", "refiner_output", x)
@@ -217,7 +216,7 @@ class Model(nn.Module):
     else:
       pooled = pool_tokens(x, valid, self.pooling)
     z = jnp.concatenate([*others, pooled], axis=-1)
-    logit = MLP(self.hidden, self.activation, self.dropout, output_dim=1, name="mlp")(z, train)
+    logit = self.dnn.tower(output_dim=1)(z, train)
     out["logit"] = logit[:, 0]
     return out
 

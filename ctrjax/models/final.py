@@ -1,5 +1,5 @@
 """FINAL, factorized interaction layers (Zhu et al., SIGIR'23), as its official code (FuxiCTR
-model_zoo/FINAL, by the paper's authors; models.md has no FINAL section, so this follows that code).
+model_zoo/FINAL, by the paper's authors; this follows that code).
 
 A FINAL block replaces each Dense layer of an MLP by a ``FactorizedInteraction`` layer
 (h = Dense(x) = [h₂, h₁] -> [h₂, h₁ ∘ h₂], ``residual_type='concat'``; or h₂ + h₁ ∘ h₂, 'sum'),

@@ -7,10 +7,13 @@ in ``fs1_context`` / ``fs2_context``; none named: a learned vector (d, initialis
 official default. The streams' outputs o₁ = MLP₁(x₁'), o₂ = MLP₂(x₂') are fused by multi-head
 bilinear aggregation (``InteractionAggregation``):
 logit = w₁ᵀo₁ + w₂ᵀo₂ + Σ_h o₁ₕᵀ W_h o₂ₕ + b.
+MLP₁ is ``dnn``; MLP₂ shares its settings but the widths, ``mlp2_hidden`` (the official code gives
+each stream its own activation, dropout and BatchNorm switch too).
 Defaults from the official FinalMLP_default config template (embedding 16 there too).
 Deviation: a named context reuses the model's shared field vectors; the official code looks the
 context fields up in a separate embedding table.
 """
+import dataclasses
 from typing import Sequence
 
 import flax.linen as nn
@@ -18,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from ctrjax.data.schema import Schema
-from ctrjax.layers import FeatureEmbedding, MLP, dense_initializer, pooled_fields
+from ctrjax.layers import DNN, MLP, FeatureEmbedding, pooled_fields
 from ctrjax.layers.interaction import InteractionAggregation
 
 
@@ -26,13 +29,8 @@ class Model(nn.Module):
   schema: Schema
   embed_dim: int = 16
   pooling: str = "mean"
-  mlp1_hidden: Sequence[int] = (1024, 512)
+  dnn: DNN = DNN((1024, 512))             # stream 1; stream 2 shares all but the widths
   mlp2_hidden: Sequence[int] = (1024, 512, 256)
-  activation: str = "relu"
-  dropout: float = 0.0
-  batch_norm: bool = False
-  batch_norm_momentum: float = 0.99       # BatchNorm running-average decay (PyTorch's 0.1 = 0.9)
-  dnn_kernel_init: str = "xavier_normal"  # DNN kernels; 'torch_linear': PyTorch's nn.Linear default
   feature_selection: bool = True
   fs_hidden: Sequence[int] = (1024, 512)
   fs1_context: Sequence[str] = ()
@@ -46,14 +44,11 @@ class Model(nn.Module):
                            name="embedding")(batch)
     fields = pooled_fields(emb, batch["behavior"]["mask"] if emb["behavior"] else None, self.pooling)
     x = jnp.concatenate(list(fields.values()), axis=-1)                          # [B, F·d]
+    towers = (self.dnn, dataclasses.replace(self.dnn, hidden=tuple(self.mlp2_hidden)))
     streams = []
-    for k, (hidden, context) in enumerate(((self.mlp1_hidden, self.fs1_context),
-                                           (self.mlp2_hidden, self.fs2_context)), start=1):
+    for k, (dnn, context) in enumerate(zip(towers, (self.fs1_context, self.fs2_context)), start=1):
       stream_input = self._select(f"fs{k}", fields, context, x) if self.feature_selection else x
-      streams.append(MLP(hidden, self.activation, self.dropout, self.batch_norm,
-                         batch_norm_momentum=self.batch_norm_momentum,
-                         kernel_init=dense_initializer(self.dnn_kernel_init), name=f"mlp{k}")(
-          stream_input, train))
+      streams.append(dnn.tower(name=f"mlp{k}")(stream_input, train))
     return {"logit": InteractionAggregation(self.num_heads, name="fusion")(*streams)}
 
   def _select(self, name: str, fields: dict, context: Sequence[str], x: jax.Array) -> jax.Array:

@@ -1,4 +1,4 @@
-"""FM (Rendle, ICDM'10; models.md §14): logit = b + Σ_f w_f(x_f) + Σ_{i<j} ⟨e_i, e_j⟩.
+"""FM (Rendle, ICDM'10): logit = b + Σ_f w_f(x_f) + Σ_{i<j} ⟨e_i, e_j⟩.
 
 Field vectors e_f [B, d] as in ``field_vectors`` (multi-valued fields and the history mean-pooled,
 each one field, as FuxiCTR; the original FM would give every history id its own feature with value

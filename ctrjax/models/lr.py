@@ -1,4 +1,4 @@
-"""LR: logistic regression, logit = b + sum of one scalar weight per field (models.md §15).
+"""LR: logistic regression, logit = b + sum of one scalar weight per field (FuxiCTR's LR).
 
 Multi-valued fields and behaviour sequences enter as masked means of their ids' weights (the
 history is a mean-pooled multi-hot field, as for every non-sequence baseline). The per-id weights

@@ -1,4 +1,4 @@
-"""MIAN: Multi-Interactive Attention Network (Zhang et al., WSDM'21; models.md §8).
+"""MIAN: Multi-Interactive Attention Network (Zhang et al., WSDM'21).
 
 Embedding layer (eq. 1-2): item token e_i = concat of the item fields' embeddings [B, D_i];
 behaviour tokens E_b = concat of the behaviour fields' embeddings per position [B, T, D_b];
@@ -10,10 +10,10 @@ Multi-interactive layer:
     R_iuim = Σ_j α_j V^j, R_icim likewise.
   GIM (eq. 14-15): tokens r = [e_i ; e_c ; e_b ; e_u ; R_ibim ; R_iuim ; R_icim], per-token
     (W_l, b_l), R_g = Σ_l α_l r_l.
-Prediction layer (eq. 16-17): MLP (32-8, ReLU, dropout) -> one logit (the paper's 2-way softmax
+Prediction layer (eq. 16-17): MLP (``dnn``: 32-8, ReLU, dropout 0.2) -> one logit (the paper's 2-way softmax
 is a sigmoid on one logit).
 
-Decisions (the paper leaves these open; models.md §8 DECISION items, each a field):
+Decisions (the paper leaves these open; each a field):
   * position_embedding: a learned [T, D_b] table added to E_b before the encoder, over absolute
     slots (behaviours are left-padded, so the newest is always slot T-1). Table 4's row "w/o both"
     is ibim_encoder="none" with position_embedding=False.
@@ -33,13 +33,15 @@ Decisions (the paper leaves these open; models.md §8 DECISION items, each a fie
     ``gim_tokens()`` names the tokens in order, i.e. the columns of attention["gim"].
   * Numeric fields embed as x·v (FeatureEmbedding), so every field token has width d.
   * Init: truncated normal (init_std) for the embedding tables and the position table (paper);
-    biases 0, LayerNorm scale 1 and offset 0. Dense kernels (Transformer, attention scores, GIM
-    projections, MLP) are Xavier-normal by default (dense_init, the FuxiCTR convention). With the
+    biases 0, LayerNorm scale 1 and offset 0. Dense kernels are Xavier-normal by default (the
+    FuxiCTR convention): dense_init for the Transformer, attention scores and GIM projections,
+    dnn.kernel_init for the MLP. With the
     paper's 0.02 for every kernel, each layer shrinks the signal ~50x: the MLP's pre-activations
     start at ~1e-5, Adam's first ~1e-3 bias steps switch off every unit of the 8-wide ReLU layer
     within 5 steps and the model predicts a constant (3 of 16 runs of the quick ablation grid on
     ml-latest-small ended at AUC 0.5; Xavier on the MLP alone still left 1 of 16).
-    dense_init="truncated_normal" restores the paper's setting.
+    dense_init="truncated_normal" with dnn.kernel_init="truncated_normal" restores the paper's
+    setting (std 0.02, whatever init_std).
   * The behaviour mask is batch["behavior"]["mask"], never recomputed from ids. An empty history
     gives R_ibim = 0 and α_ibim = 0 (finite, also through the Transformer).
 Returns {"logit": [B], "attention": {"ibim": [B, T], "iuim": [B, J], "icim": [B, K],
@@ -47,20 +49,17 @@ Returns {"logit": [B], "attention": {"ibim": [B, T], "iuim": [B, J], "icim": [B,
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from ctrjax.data.schema import Schema
-from ctrjax.layers import (MLP, FeatureEmbedding, ScoredAttentionPool, TransformerBlock,
-                           masked_mean)
+from ctrjax.layers import DNN, FeatureEmbedding, ScoredAttentionPool, TransformerBlock, masked_mean
 from ctrjax.layers.attention import score_activation
+from ctrjax.layers.mlp import dense_initializer
 
 IBIM_ENCODERS = ("pre_ln", "post_ln", "none")
 GIM_COMBINES = ("sum", "concat")
-DENSE_INITS = ("xavier_normal", "truncated_normal")
 _MODULE_GROUPS = {"use_ibim": "behavior", "use_iuim": "user", "use_icim": "context"}
 
 
@@ -69,8 +68,8 @@ class Model(nn.Module):
   embed_dim: int = 16
   num_heads: int = 8
   ffn_mult: int = 4
-  dropout: float = 0.2                  # Transformer and MLP
-  hidden: Sequence[int] = (32, 8)
+  dropout: float = 0.2                  # Transformer
+  dnn: DNN = DNN((32, 8), dropout=0.2)
   use_ibim: bool = True
   use_iuim: bool = True
   use_icim: bool = True
@@ -83,14 +82,13 @@ class Model(nn.Module):
   gim_combine: str = "sum"              # 'sum' or 'concat'
   gim_width: int | None = None          # gim_combine='sum' width; None: 2 x item token width
   init_std: float = 0.02
-  dense_init: str = "xavier_normal"     # Dense kernels: 'xavier_normal' or 'truncated_normal' (paper)
+  dense_init: str = "xavier_normal"     # the other Dense kernels (DENSE_INITIALIZERS); paper 0.02
 
   def __post_init__(self):
     super().__post_init__()
     if self.ibim_encoder not in IBIM_ENCODERS:
       raise ValueError(f"model.ibim_encoder={self.ibim_encoder!r}; choose from {IBIM_ENCODERS}")
-    if self.dense_init not in DENSE_INITS:
-      raise ValueError(f"model.dense_init={self.dense_init!r}; choose from {DENSE_INITS}")
+    dense_initializer(self.dense_init, "model.dense_init")
     if self.gim_combine not in GIM_COMBINES:
       raise ValueError(f"model.gim_combine={self.gim_combine!r}; choose from {GIM_COMBINES}")
     score_activation(self.score)
@@ -116,7 +114,7 @@ class Model(nn.Module):
   @nn.compact
   def __call__(self, batch: dict, train: bool = False) -> dict:
     init = nn.initializers.truncated_normal(self.init_std)
-    kernel_init = init if self.dense_init == "truncated_normal" else nn.initializers.xavier_normal()
+    kernel_init = dense_initializer(self.dense_init, "model.dense_init")
     emb = FeatureEmbedding(self.schema, self.embed_dim, init, name="embedding")(batch)
     item = jnp.concatenate(list(emb["item"].values()), axis=-1)                   # e_i [B, D_i]
     reps, attention = {"e_i": item}, {}
@@ -140,8 +138,7 @@ class Model(nn.Module):
       x, attention["gim"] = self._gim(tokens, kernel_init)
     else:
       x = jnp.concatenate(tokens, axis=-1)
-    logit = MLP(self.hidden, "relu", self.dropout, output_dim=1, kernel_init=kernel_init,
-                name="mlp")(x, train)
+    logit = self.dnn.tower(output_dim=1)(x, train)
     return {"logit": logit[:, 0], "attention": attention}
 
   def _ibim(self, item, behaviors, mask, train, init, kernel_init):
@@ -150,8 +147,8 @@ class Model(nn.Module):
     if self.position_embedding:
       x = x + self.param("position_embedding", init, behaviors.shape[1:])
     if self.ibim_encoder != "none":
-      x = TransformerBlock(self.num_heads, self.ffn_mult * x.shape[-1], self.dropout,
-                           self.ibim_encoder, attention_bias=False, kernel_init=kernel_init,
+      x = TransformerBlock(self.num_heads, self.ffn_mult * x.shape[-1], dropout=self.dropout,
+                           norm=self.ibim_encoder, attention_bias=False, kernel_init=kernel_init,
                            name="ibim_encoder")(x, mask, train)
     items = jnp.broadcast_to(item[:, None], (*x.shape[:2], item.shape[-1]))
     return ScoredAttentionPool(self.score, per_token_weights=False, kernel_init=kernel_init,

@@ -14,27 +14,26 @@ candidate's embedding is SASRec's score.
 Decisions (each a field): defaults follow the FESeq repository's SASRec_eleme config (the code behind
 the paper's baseline numbers): 8 heads, 2 blocks, Post-LN (norm='pre_ln' is the SASRec paper's
 x + Drop(g(LN(x))) with a final LayerNorm), ReLU FFN of width D, attention_dropout 0.1 on the
-weights, dropout 0 (embedding, blocks, MLP), target pooling, MLP 1024-512-256 ReLU. The candidate
-is a token (as the port; the SASRec paper scores it against the output at the newest behaviour),
-and the position is the distance to the candidate rather than the absolute slot, so left padding
-does not move it. No √d scaling of the embeddings (the SASRec code multiplies by √d). The numeric
-behaviour field time_gap_field, if present, is not used. Init: embeddings and the position table
-truncated normal (init_std), Dense kernels Xavier-normal. The behaviour mask is
+weights, dropout 0 (embedding and blocks; dnn.dropout in the MLP), target pooling, MLP 1024-512-256
+ReLU. The candidate is a token (as the port; the SASRec paper scores it against the output at the
+newest behaviour), and the position is the distance to the candidate rather than the absolute slot,
+so left padding does not move it. No √d scaling of the embeddings (the SASRec code multiplies by
+√d). The numeric behaviour field time_gap_field, if present, is not used. Init: embeddings and the
+position table truncated normal (init_std), Dense kernels Xavier-normal. The behaviour mask is
 batch["behavior"]["mask"]; an empty history attends to the candidate only.
 Returns {"logit": [B]}.
 """
 from __future__ import annotations
-
-from typing import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from ctrjax.data.schema import Schema
 from ctrjax.layers.embedding import FeatureEmbedding
-from ctrjax.layers.mlp import MLP
-from ctrjax.layers.sequence import (NORMS, POOLINGS, SequenceTransformerBlock, align_fields, attention_mask,
-                                    pool_tokens, reverse_positions, with_candidate, without_fields)
+from ctrjax.layers.mlp import DNN
+from ctrjax.layers.sequence import (POOLINGS, align_fields, pool_tokens, reverse_positions, with_candidate,
+                                    without_fields)
+from ctrjax.layers.transformer import NORMS, TransformerBlock, attention_mask
 
 
 class Model(nn.Module):
@@ -45,11 +44,10 @@ class Model(nn.Module):
   norm: str = "post_ln"                   # 'post_ln' (FuxiCTR port), 'pre_ln' (paper) or 'none'
   causal: bool = True
   attention_dropout: float = 0.1
-  dropout: float = 0.0                    # embedding, blocks and MLP
+  dropout: float = 0.0                    # embedding and blocks
   pooling: str = "target"                 # 'target', 'mean', 'sum' or 'concat'
   time_gap_field: str = "hist_time_gap"   # a numeric behaviour field left out of the tokens
-  hidden: Sequence[int] = (1024, 512, 256)
-  activation: str = "relu"
+  dnn: DNN = DNN((1024, 512, 256))
   init_std: float = 0.02
 
   def __post_init__(self):
@@ -75,11 +73,10 @@ class Model(nn.Module):
     x = nn.Dropout(self.dropout, deterministic=not train)(x + positions[reverse_positions(x.shape[1])])
     allow = attention_mask(valid, self.causal)
     for layer in range(self.num_layers):
-      x, _ = SequenceTransformerBlock(self.num_heads, ffn_activation="relu", dropout=self.dropout,
-                                      attention_dropout=self.attention_dropout, norm=self.norm,
-                                      name=f"block_{layer}")(x, allow, train)
+      x = TransformerBlock(self.num_heads, dropout=self.dropout, attention_dropout=self.attention_dropout,
+                           norm=self.norm, name=f"block_{layer}")(x, allow, train)
     if self.norm == "pre_ln":
       x = nn.LayerNorm(name="final_ln")(x)
     z = jnp.concatenate([*aligned.other_vectors(emb), pool_tokens(x, valid, self.pooling)], axis=-1)
-    logit = MLP(self.hidden, self.activation, self.dropout, output_dim=1, name="mlp")(z, train)
+    logit = self.dnn.tower(output_dim=1)(z, train)
     return {"logit": logit[:, 0]}

@@ -15,8 +15,8 @@ Prediction: z = [non-sequence fields ; pool(F)] -> MLP -> one logit.
 
 Decisions (each a field): defaults follow the FESeq repository's TiSASRec_eleme config (the code
 behind the paper's baseline numbers): 1 head, 1 block, Post-LN, ReLU FFN of width D,
-attention_dropout 0.4, dropout 0.2, k = 1024 (num_rel_time_embeddings 1026), absolute intervals,
-target pooling, MLP 1024-512-256 LeakyReLU. r_min is taken over valid tokens only (the port takes it
+attention_dropout 0.4, dropout 0.2 (embedding and blocks; dnn.dropout 0.2 in the MLP), k = 1024
+(num_rel_time_embeddings 1026), absolute intervals, target pooling, MLP 1024-512-256 LeakyReLU. r_min is taken over valid tokens only (the port takes it
 over the whole padded row). Positions are reverse (distance to the candidate), not absolute slots,
 so left padding does not move them. The relative and position embeddings get no dropout (the
 TiSASRec code drops them out). Init: embeddings and the four tables truncated normal (init_std),
@@ -26,17 +26,16 @@ Returns {"logit": [B]}.
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from ctrjax.data.schema import Schema
 from ctrjax.layers.embedding import FeatureEmbedding
-from ctrjax.layers.mlp import MLP
-from ctrjax.layers.sequence import (NORMS, POOLINGS, SequenceTransformerBlock, align_fields, attention_mask,
-                                    pool_tokens, reverse_positions, with_candidate, without_fields)
+from ctrjax.layers.mlp import DNN
+from ctrjax.layers.sequence import (POOLINGS, align_fields, pool_tokens, reverse_positions, with_candidate,
+                                    without_fields)
+from ctrjax.layers.transformer import NORMS, TransformerBlock, attention_mask
 
 
 def relative_intervals(gap: jax.Array, valid: jax.Array, max_interval: int) -> jax.Array:
@@ -57,12 +56,11 @@ class Model(nn.Module):
   norm: str = "post_ln"                   # 'post_ln' (FuxiCTR port), 'pre_ln' (paper) or 'none'
   causal: bool = True
   attention_dropout: float = 0.4
-  dropout: float = 0.2                    # embedding, blocks and MLP
+  dropout: float = 0.2                    # embedding and blocks
   max_time_interval: int = 1024           # k
   pooling: str = "target"                 # 'target', 'mean', 'sum' or 'concat'
   time_gap_field: str = "hist_time_gap"
-  hidden: Sequence[int] = (1024, 512, 256)
-  activation: str = "leaky_relu"
+  dnn: DNN = DNN((1024, 512, 256), "leaky_relu", dropout=0.2)
   init_std: float = 0.02
 
   def __post_init__(self):
@@ -105,11 +103,10 @@ class Model(nn.Module):
                    + table("position_value", length)[positions][None, None])
     allow = attention_mask(valid, self.causal)
     for layer in range(self.num_layers):
-      x, _ = SequenceTransformerBlock(self.num_heads, ffn_activation="relu", dropout=self.dropout,
-                                      attention_dropout=self.attention_dropout, norm=self.norm,
-                                      name=f"block_{layer}")(x, allow, train, key_terms, value_terms)
+      x = TransformerBlock(self.num_heads, dropout=self.dropout, attention_dropout=self.attention_dropout,
+                           norm=self.norm, name=f"block_{layer}")(x, allow, train, key_terms, value_terms)
     if self.norm == "pre_ln":
       x = nn.LayerNorm(name="final_ln")(x)
     z = jnp.concatenate([*aligned.other_vectors(emb), pool_tokens(x, valid, self.pooling)], axis=-1)
-    logit = MLP(self.hidden, self.activation, self.dropout, output_dim=1, name="mlp")(z, train)
+    logit = self.dnn.tower(output_dim=1)(z, train)
     return {"logit": logit[:, 0]}

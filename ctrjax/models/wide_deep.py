@@ -1,4 +1,4 @@
-"""Wide & Deep (Cheng et al., DLRS'16) as DIN's Table 3 baseline (models.md §13).
+"""Wide & Deep (Cheng et al., DLRS'16) as DIN's Table 3 baseline.
 
 logit = wide + deep. Deep = BaseModel's MLP over [fields ; sum-pooled behaviours]. Wide = the
 first-order weights of every field (FuxiCTR's form) plus, as the DIN paper does, the
@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from ctrjax.data.schema import Schema
-from ctrjax.layers import FeatureEmbedding, MLP, dense_initializer, pooled_fields
+from ctrjax.layers import DNN, FeatureEmbedding, pooled_fields
 from ctrjax.layers.interaction import FirstOrder
 
 
@@ -28,12 +28,7 @@ def hashed_cross(candidate: jax.Array, behaviors: jax.Array, buckets: int) -> ja
 class Model(nn.Module):
   schema: Schema
   embed_dim: int = 16
-  hidden: Sequence[int] = (200, 80)
-  activation: str = "prelu"
-  dropout: float = 0.0
-  batch_norm: bool = False
-  batch_norm_momentum: float = 0.99       # BatchNorm running-average decay (PyTorch's 0.1 = 0.9)
-  dnn_kernel_init: str = "xavier_normal"  # DNN kernels; 'torch_linear': PyTorch's nn.Linear default
+  dnn: DNN = DNN((200, 80), "prelu")
   pooling: str = "sum"          # behaviour fields in the deep part: 'sum' (BaseModel) or 'mean'
   init_std: float = 0.02
   wide_cross: Sequence[str] = ("item_id", "hist_item_id")
@@ -52,10 +47,8 @@ class Model(nn.Module):
     emb = FeatureEmbedding(self.schema, self.embed_dim, nn.initializers.truncated_normal(self.init_std),
                            name="embedding")(batch)
     mask = batch["behavior"]["mask"] if emb["behavior"] else None
-    deep = MLP(self.hidden, self.activation, self.dropout, self.batch_norm,
-               batch_norm_momentum=self.batch_norm_momentum,
-               kernel_init=dense_initializer(self.dnn_kernel_init), output_dim=1, name="mlp")(
-        jnp.concatenate(list(pooled_fields(emb, mask, self.pooling).values()), axis=-1), train)[:, 0]
+    pooled = jnp.concatenate(list(pooled_fields(emb, mask, self.pooling).values()), axis=-1)
+    deep = self.dnn.tower(output_dim=1)(pooled, train)[:, 0]
     wide = FirstOrder(self.schema, name="wide")(batch)
     if self.wide_cross:
       candidate, history = batch["item"][self.wide_cross[0]], batch["behavior"][self.wide_cross[1]]

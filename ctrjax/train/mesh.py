@@ -11,7 +11,7 @@ def make_mesh(num_devices: int = 0) -> Mesh:
   """Mesh over the first ``num_devices`` global devices (0 = all), axis ``data``, Auto axis type.
 
   Auto (not make_mesh's default Explicit) lets nn.Embed's gather with a replicated table and
-  batch-sharded ids compile without sharding annotations (jax_stack.md §1).
+  batch-sharded ids compile without sharding annotations.
   """
   devices = jax.devices()
   if num_devices:

@@ -32,7 +32,7 @@ from ctrjax.data import loader
 from ctrjax.data.dataset import Dataset
 from ctrjax.data.filter import IdFrequencyFilter
 from ctrjax.data.packing import BatchLayout
-from ctrjax.models import get_model
+from ctrjax.models import build_model
 from ctrjax.train import lazy
 from ctrjax.train import mesh as mesh_lib
 from ctrjax.train import step as step_lib
@@ -106,11 +106,7 @@ class Setup:
       raise ValueError(f"config.gauc_group={config.gauc_group!r} is not a meta field of "
                        f"{self.dataset_path} (meta fields: {meta}); use '' to skip GAUC")
     self.mesh = mesh_lib.make_mesh(config.num_devices)
-    model_cls = get_model(config.model_name)
-    try:
-      self.model = model_cls(schema=self.dataset.schema, **config.model)
-    except TypeError as e:
-      raise ValueError(f"config.model does not fit model {config.model_name!r}: {e}") from None
+    self.model = build_model(config.model_name, self.dataset.schema, config.model)
     self.tx = step_lib.make_optimizer(config.optimizer)
     self.layout = BatchLayout.from_schema(self.dataset.schema)
     reg = config.regularizer
