@@ -52,6 +52,28 @@ def test_dice_on_identical_rows_is_finite():
   chex.assert_trees_all_close(out, 0.5 * x + 0.5 * 0.25 * x)  # Var = 0 -> p = 0.5
 
 
+def test_dice_eq9_puts_epsilon_outside_the_square_root():
+  """'dice_eq9' is eq. 9 as printed, σ((s − E) / (√Var + ε)); 'dice' is √(Var + ε) (official codes).
+  With ε large enough to matter the two differ, each matching its own formula."""
+  x = jax.random.normal(jax.random.PRNGKey(3), (64, 5)) * jnp.array([1e-3, 0.1, 1.0, 3.0, 10.0])
+  alpha = np.full(5, 0.25, np.float32)
+  mean, var = np.mean(np.asarray(x), 0), np.var(np.asarray(x), 0)
+  for placement, denominator in (("outside_sqrt", np.sqrt(var) + 1e-2), ("inside_sqrt", np.sqrt(var + 1e-2))):
+    dice = Dice(epsilon=1e-2, epsilon_placement=placement)
+    variables = dice.init(jax.random.PRNGKey(0), x, train=False)
+    variables = {**variables, "params": {"alpha": jnp.asarray(alpha)}}
+    out, updates = dice.apply(variables, x, True, mutable=["batch_stats"])
+    p = 1 / (1 + np.exp(-(np.asarray(x) - mean) / denominator))
+    chex.assert_trees_all_close(out, p * x + (1 - p) * alpha * x, rtol=1e-4, atol=1e-6)
+    stats = updates["batch_stats"]
+    running_mean = stats["mean"] if placement == "outside_sqrt" else stats["statistics"]["mean"]
+    chex.assert_trees_all_close(running_mean, 0.01 * mean, rtol=1e-4, atol=1e-7)   # momentum 0.99 from 0
+  eq9 = Dice(epsilon_placement="outside_sqrt")
+  out, _ = eq9.apply(eq9.init(jax.random.PRNGKey(0), jnp.ones((4, 3)), train=False), jnp.ones((4, 3)), True,
+                     mutable=["batch_stats"])
+  chex.assert_tree_all_finite(out)
+
+
 def test_dice_rejects_unknown_variant():
   with pytest.raises(ValueError, match="Dice variant='x'"):
     Dice(variant="x").init(jax.random.PRNGKey(0), jnp.ones((2, 3)), train=False)

@@ -22,8 +22,15 @@ class PReLU(nn.Module):
 DICE_VARIANTS = ("paper", "batch_stats")
 
 
+EPSILON_PLACEMENTS = ("inside_sqrt", "outside_sqrt")
+
+
 class Dice(nn.Module):
-  """Dice (DIN paper eq. 9): f(s) = p(s)·s + (1 − p(s))·α·s, p(s) = σ((s − E[s]) / √(Var[s] + ε)).
+  """Dice (DIN paper eq. 9): f(s) = p(s)·s + (1 − p(s))·α·s with the control function
+  p(s) = σ((s − E[s]) / (√Var[s] + ε)) as eq. 9 prints it (``epsilon_placement='outside_sqrt'``,
+  activation name ``dice_eq9``), or p(s) = σ((s − E[s]) / √(Var[s] + ε)), the batch-normalisation
+  form of the official codes and FuxiCTR (``'inside_sqrt'``, activation ``dice``, our default). With
+  ε = 1e-8 the two differ only where Var[s] is tiny.
 
   Statistics are per channel over every other axis (for [B, T, H] attention inputs: over B·T,
   padding included, as FuxiCTR/DeepCTR). variant 'paper' (DIN paper §5.2; FuxiCTR): mini-batch
@@ -34,23 +41,47 @@ class Dice(nn.Module):
   variant: str = "paper"
   epsilon: float = 1e-8              # the paper's ε (FuxiCTR uses 1e-9)
   momentum: float = 0.99
+  epsilon_placement: str = "inside_sqrt"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     if self.variant not in DICE_VARIANTS:
       raise ValueError(f"Dice variant={self.variant!r}; choose from {DICE_VARIANTS}")
+    if self.epsilon_placement not in EPSILON_PLACEMENTS:
+      raise ValueError(f"Dice epsilon_placement={self.epsilon_placement!r}; choose from {EPSILON_PLACEMENTS}")
     use_running_average = not train and self.variant == "paper"
-    normalized = nn.BatchNorm(use_running_average=use_running_average, momentum=self.momentum,
-                              epsilon=self.epsilon, use_bias=False, use_scale=False,
-                              name="statistics")(x)
+    if self.epsilon_placement == "inside_sqrt":
+      normalized = nn.BatchNorm(use_running_average=use_running_average, momentum=self.momentum,
+                                epsilon=self.epsilon, use_bias=False, use_scale=False,
+                                name="statistics")(x)
+    else:
+      mean, var = _moments(x, use_running_average, self.momentum, self)
+      normalized = (x - mean) / (jnp.sqrt(var) + self.epsilon)
     p = jax.nn.sigmoid(normalized)
     alpha = self.param("alpha", nn.initializers.zeros, (x.shape[-1],))
     return p * x + (1.0 - p) * alpha * x
 
 
+def _moments(x: jax.Array, use_running_average: bool, momentum: float, module: nn.Module):
+  """Per-channel (mean, variance) of x over every other axis, or the running averages, which
+  training updates with ``momentum`` (kept in 'batch_stats' as BatchNorm keeps them)."""
+  channels = (x.shape[-1],)
+  ra_mean = module.variable("batch_stats", "mean", lambda: jnp.zeros(channels, x.dtype))
+  ra_var = module.variable("batch_stats", "var", lambda: jnp.ones(channels, x.dtype))
+  if use_running_average:
+    return ra_mean.value, ra_var.value
+  axes = tuple(range(x.ndim - 1))
+  mean = jnp.mean(x, axis=axes)
+  var = jnp.mean(jnp.square(x - mean), axis=axes)
+  if not module.is_initializing() and module.is_mutable_collection("batch_stats"):
+    ra_mean.value = momentum * ra_mean.value + (1 - momentum) * mean
+    ra_var.value = momentum * ra_var.value + (1 - momentum) * var
+  return mean, var
+
+
 _PLAIN = {"relu": nn.relu, "sigmoid": nn.sigmoid, "tanh": jnp.tanh, "leaky_relu": nn.leaky_relu,
           "identity": lambda x: x}
-ACTIVATIONS = (*_PLAIN, "prelu", "dice")
+ACTIVATIONS = (*_PLAIN, "prelu", "dice", "dice_eq9")
 
 
 def apply_activation(name: str, x: jax.Array, train: bool) -> jax.Array:
@@ -60,6 +91,8 @@ def apply_activation(name: str, x: jax.Array, train: bool) -> jax.Array:
     return PReLU()(x)
   if name == "dice":
     return Dice()(x, train)
+  if name == "dice_eq9":
+    return Dice(epsilon_placement="outside_sqrt")(x, train)
   if name in _PLAIN:
     return _PLAIN[name](x)
   raise ValueError(f"unknown activation {name!r}; choose from {sorted(ACTIVATIONS)}")
