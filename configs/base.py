@@ -43,6 +43,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.regularizer = ml_collections.ConfigDict(dict(
       mode="none",                     # none | mba (DIN eq. 4-7) | touched (= DiFacto's) | full_table
       weight=0.0,                      # lambda
+      weight_convention="paper",       # paper: penalty lambda/2 * sum, gradient lambda * w_j / n_j (DIN
+                                       # eq. 7) | no_half: lambda * sum (ctrjax before December 2026)
       filter_table="item_id",          # DIN §6.5 "Filter": keep the filter_top_k most frequent ids
       filter_top_k=0))                 # of this table, the rest -> OOV (0 = off)
   c.gauc_group = "user"                # meta field grouping GAUC ('' = no GAUC)

@@ -115,7 +115,8 @@ class Setup:
     if self.id_filter and _is_main():
       print(self.id_filter.summary, flush=True)
     self.regularizer = EmbeddingRegularizer.build(
-        self.dataset.schema, self.dataset.counts, config.regularizer.mode, config.regularizer.weight)
+        self.dataset.schema, self.dataset.counts, config.regularizer.mode, config.regularizer.weight,
+        config.regularizer.weight_convention)
     self.embeddings = lazy.LazyEmbeddings.build(config.optimizer, self.model)
     self.train_step, self.predict = step_lib.jit_steps(self.mesh, self.layout, self.regularizer,
                                                        self.embeddings)
