@@ -32,6 +32,7 @@ class Grid:
   curves: tuple[str, ...] = ()                     # variants whose validation curves are plotted
   attention: tuple[str, str, tuple[str, ...]] | None = None  # (variant, attention key, token labels)
   relaimpr_metric: str = "auc"                     # RelaImpr on test AUC, or on GAUC (the DIN paper's)
+  factorial: bool = False                          # variants are '<a>-<b>-<c>' levels: factorial.png
 
   def __post_init__(self):
     if self.reference not in self.variants:

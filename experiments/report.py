@@ -18,6 +18,7 @@ from scipy import stats
 
 from configs.common import Grid
 from ctrjax.errors import UserError
+from experiments import factorial
 from experiments.grid import METRICS, config_fields, differing_fields, load_run, workdir_of
 from experiments.plotting import plt, save_figure
 
@@ -141,6 +142,8 @@ def write_report(grid: Grid, root: pathlib.Path, results_dir: pathlib.Path,
     _plot_attention(workdir_of(root, variant, grid.seeds[0]), key, dataset_path, labels,
                     results_dir / "attention.png",
                     f"{key.upper()} attention, {variant}, seed {grid.seeds[0]}: 14 random test samples")
+  if grid.factorial:
+    factorial.figure(results_dir)
   print(f"wrote {results_dir}/table.md, table.csv and figures", flush=True)
   return rows
 

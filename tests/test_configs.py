@@ -22,7 +22,8 @@ from tests.conftest import REPO, shared_path
 
 CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.py") if p.name not in ("__init__.py", "common.py"))
 # Grid arguments whose dataset has a different schema (or grid) from the default one.
-OTHER_SCHEMAS = {"ablation_autoint.py": ("dataset=ml-100k",), "ablation_mian.py": ("dataset=synthetic",)}
+OTHER_SCHEMAS = {"ablation_autoint.py": ("dataset=ml-100k",), "ablation_mian.py": ("dataset=synthetic",),
+                 "mian_factorial.py": ("dataset=ml-100k",)}
 
 
 def _cases():
