@@ -14,6 +14,8 @@ import dataclasses
 import ml_collections
 import numpy as np
 
+from ctrjax.errors import ConfigError
+
 
 @dataclasses.dataclass
 class Progress:
@@ -51,9 +53,9 @@ class Progress:
               "learning_rate": learning_rate, "seconds": seconds}
     value = valid[es.metric]
     if not np.isfinite(value):
-      raise ValueError(f"valid {es.metric} is {value} after epoch {epoch}, so early stopping cannot "
-                       f"compare epochs (GAUC needs users with both classes: dataset.holdout >= 2); "
-                       f"set config.early_stopping.metric to 'auc' or 'logloss'")
+      raise ConfigError(f"valid {es.metric} is {value} after epoch {epoch}, so early stopping cannot "
+                        f"compare epochs (GAUC needs users with both classes: dataset.holdout >= 2); "
+                        f"set config.early_stopping.metric to 'auc' or 'logloss'")
     improved = self.best is None or (value > self.best if es.mode == "max" else value < self.best)
     if improved:
       self.best, self.best_epoch, self.best_step, self.bad_epochs = value, epoch, self.step, 0

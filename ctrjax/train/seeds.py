@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 
 from ctrjax.data import loader
+from ctrjax.errors import ConfigError
 from ctrjax.train import step as step_lib
 from ctrjax.train import trainer
 
@@ -58,11 +59,11 @@ def train_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
   if len(seeds) != len(workdirs) or not seeds:
     raise ValueError(f"train_seeds: {len(seeds)} seeds for {len(workdirs)} workdirs")
   if jax.process_count() > 1:
-    raise ValueError("config.seeds_in_parallel runs on one device of one process; "
-                     "set it to False in a multi-process run")
+    raise ConfigError("config.seeds_in_parallel runs on one device of one process; "
+                      "set it to False in a multi-process run")
   if trainer.lazy.embedding_optimizer(config.optimizer) != "dense":
-    raise ValueError(f"config.seeds_in_parallel=True needs config.optimizer.embeddings='dense' "
-                     f"(got {config.optimizer.embeddings!r}): the lazy row updates are not vmapped")
+    raise ConfigError(f"config.seeds_in_parallel=True needs config.optimizer.embeddings='dense' "
+                      f"(got {config.optimizer.embeddings!r}): the lazy row updates are not vmapped")
   single = ml_collections.ConfigDict(config.to_dict())
   single.num_devices = 1
   setup = trainer.Setup(single, dataset_path)

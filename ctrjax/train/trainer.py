@@ -32,6 +32,7 @@ from ctrjax.data import loader
 from ctrjax.data.dataset import Dataset
 from ctrjax.data.filter import IdFrequencyFilter
 from ctrjax.data.packing import BatchLayout
+from ctrjax.errors import ConfigError, UserError, WorkdirFileError
 from ctrjax.models import get_model
 from ctrjax.train import lazy
 from ctrjax.train import mesh as mesh_lib
@@ -44,8 +45,9 @@ from ctrjax.train.regularizers import EmbeddingRegularizer
 _RESUME_FREE = ("workdir", "debug", "log_every_steps", "loader", "progress_bar", "seeds_in_parallel")
 
 
-class TrainingDiverged(RuntimeError):
-  """The loss became NaN/Inf; the message names the step and the last finite metrics."""
+class TrainingDiverged(UserError, RuntimeError):
+  """The loss became NaN/Inf; the message names the step, the last finite metrics and the last good
+  checkpoint (a user error: a lower learning rate fixes it)."""
 
 
 def _is_main() -> bool:
@@ -61,8 +63,8 @@ def _check_same_config(saved: dict, current: dict, workdir: pathlib.Path):
   saved, current = _comparable(saved), _comparable(current)
   if saved != current:
     keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
-    raise ValueError(f"{workdir} holds a run with a different config (differs in {keys}); "
-                     f"use another --workdir or delete it to start over")
+    raise ConfigError(f"{workdir} holds a run with a different config (differs in {keys}); "
+                      f"use another --workdir or delete it to start over")
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -70,7 +72,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   rejected by the locked ConfigDict)."""
   def need(ok, field, value, expected):
     if not ok:
-      raise ValueError(f"config.{field}={value!r}: expected {expected}")
+      raise ConfigError(f"config.{field}={value!r}: expected {expected}")
   es = config.early_stopping
   need(es.metric in ("auc", "gauc", "logloss"), "early_stopping.metric", es.metric, "'auc', 'gauc' or 'logloss'")
   need(es.mode in ("max", "min"), "early_stopping.mode", es.mode, "'max' or 'min'")
@@ -83,9 +85,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   need(embeddings in lazy.EMBEDDING_OPTIMIZERS, "optimizer.embeddings", embeddings,
        f"one of {lazy.EMBEDDING_OPTIMIZERS}")
   if embeddings != "dense" and config.regularizer.mode == "full_table":
-    raise ValueError(f"config.regularizer.mode='full_table' penalises every row, but "
-                     f"config.optimizer.embeddings={embeddings!r} updates only a batch's rows; "
-                     f"use mode 'mba' or 'touched', or embeddings 'dense'")
+    raise ConfigError(f"config.regularizer.mode='full_table' penalises every row, but "
+                      f"config.optimizer.embeddings={embeddings!r} updates only a batch's rows; "
+                      f"use mode 'mba' or 'touched', or embeddings 'dense'")
   need(config.num_devices >= 0, "num_devices", config.num_devices, ">= 0 (0 = all)")
   devices = config.num_devices or jax.device_count()
   for field in ("batch_size", "eval_batch_size"):
@@ -103,8 +105,8 @@ class Setup:
     self.dataset = Dataset(self.dataset_path, validate=config.dataset.validate)
     meta = [f.name for f in self.dataset.schema.group("meta")]
     if config.gauc_group and config.gauc_group not in meta:
-      raise ValueError(f"config.gauc_group={config.gauc_group!r} is not a meta field of "
-                       f"{self.dataset_path} (meta fields: {meta}); use '' to skip GAUC")
+      raise ConfigError(f"config.gauc_group={config.gauc_group!r} is not a meta field of "
+                        f"{self.dataset_path} (meta fields: {meta}); use '' to skip GAUC")
     self.mesh = mesh_lib.make_mesh(config.num_devices)
     model_cls = get_model(config.model_name)
     try:
@@ -461,13 +463,13 @@ def load_best(workdir: str | os.PathLike, dataset_path: str | os.PathLike):
   dataset at ``dataset_path``."""
   workdir = pathlib.Path(workdir)
   if not (workdir / "config.json").is_file():
-    raise FileNotFoundError(f"{workdir}: no config.json (not a ctrjax workdir)")
+    raise WorkdirFileError(f"{workdir}: no config.json (not a ctrjax workdir)")
   config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
   setup = Setup(config, dataset_path)
   ckpt = Checkpointer(workdir / "checkpoints", config.early_stopping.metric, config.early_stopping.mode)
   best = ckpt.best_step()
   if best is None:
-    raise FileNotFoundError(f"{workdir}: no checkpoint with validation metrics yet")
+    raise WorkdirFileError(f"{workdir}: no checkpoint with validation metrics yet")
   state, _, progress = ckpt.restore(best, setup.init_state(setup.source("train", train=True)[0]), setup.rng)
   ckpt.close()
   return setup, state, progress
