@@ -93,8 +93,8 @@ def config_changes(saved: dict, current: dict) -> dict[str, list]:
   JSON sees them (tuples and lists compare equal): {"optimizer.learning_rate": [saved, current]}."""
   saved, current = ({k: v for k, v in _flat(json.loads(json.dumps(c))).items()
                      if k.split(".")[0] not in _RESUME_FREE} for c in (saved, current))
-  return {k: [saved.get(k, "<absent>"), current.get(k, "<absent>")]
-          for k in sorted(set(saved) | set(current)) if saved.get(k, "<absent>") != current.get(k, "<absent>")}
+  pairs = {k: [saved.get(k, "<absent>"), current.get(k, "<absent>")] for k in sorted(set(saved) | set(current))}
+  return {k: pair for k, pair in pairs.items() if pair[0] != pair[1]}
 
 
 def _check_same_config(saved: dict, current: dict, workdir: pathlib.Path):
