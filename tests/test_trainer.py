@@ -170,7 +170,7 @@ def test_progress_round_trips_through_a_checkpoint(tmp_path):
                       history=[{"epoch": 1, "step": 5, "valid_auc": 0.61}], best=0.61, best_epoch=1,
                       best_step=5, bad_epochs=1, stopped="early stopping after epoch 2",
                       epoch_loss_sum=1.25, epoch_loss_count=2)
-  ckpt = Checkpointer(tmp_path / "checkpoints", "auc", "max")
+  ckpt = Checkpointer(tmp_path / "checkpoints")
   state = {"w": jax.numpy.arange(3.0)}
   ckpt.save(7, state, jax.random.PRNGKey(0), progress)
   ckpt.wait()

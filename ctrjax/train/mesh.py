@@ -6,6 +6,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from ctrjax.errors import ConfigError
+
 
 def make_mesh(num_devices: int = 0) -> Mesh:
   """Mesh over the first ``num_devices`` global devices (0 = all), axis ``data``, Auto axis type.
@@ -16,9 +18,9 @@ def make_mesh(num_devices: int = 0) -> Mesh:
   devices = jax.devices()
   if num_devices:
     if num_devices > len(devices):
-      raise ValueError(f"config.num_devices={num_devices} but only {len(devices)} devices exist")
+      raise ConfigError(f"config.num_devices={num_devices} but only {len(devices)} devices exist")
     if jax.process_count() > 1 and num_devices != len(devices):
-      raise ValueError("config.num_devices must be 0 (all devices) in a multi-process run")
+      raise ConfigError("config.num_devices must be 0 (all devices) in a multi-process run")
     devices = devices[:num_devices]
   return Mesh(np.array(devices), ("data",), axis_types=(AxisType.Auto,))
 

@@ -2,10 +2,11 @@
 (checkpoint.py) so that a resumed run continues exactly where it stopped.
 
 It holds the step, the epoch records (the lines of metrics.jsonl, rewritten from it on resume), the
-early-stopping state (best validation value, its epoch and step, non-improving epochs in a row),
-why the run stopped, the run's resolved config (a resume must use the same one) and the running
-train loss of the current epoch. ``end_epoch`` builds the epoch record and applies early stopping:
-the one place either is written.
+early-stopping state (best validation value, its epoch and step, non-improving epochs in a row;
+``best_step`` also names the checkpoint that is kept and tested as the best), why the run stopped,
+the run's resolved config (a resume must use the same one), the running train loss of the current
+epoch and the run's restarts with other optimiser settings (trainer.Restart). ``end_epoch`` builds
+the epoch record and applies early stopping: the one place either is written.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import dataclasses
 
 import ml_collections
 import numpy as np
+
+from ctrjax.errors import ConfigError
 
 
 @dataclasses.dataclass
@@ -27,6 +30,7 @@ class Progress:
   stopped: str | None = None         # why the run stopped early (None: still training)
   epoch_loss_sum: float = 0.0        # the current epoch's train loss, summed over its steps so far
   epoch_loss_count: int = 0
+  restarts: list[dict] = dataclasses.field(default_factory=list)   # trainer.Restart: step, changes
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
@@ -51,9 +55,9 @@ class Progress:
               "learning_rate": learning_rate, "seconds": seconds}
     value = valid[es.metric]
     if not np.isfinite(value):
-      raise ValueError(f"valid {es.metric} is {value} after epoch {epoch}, so early stopping cannot "
-                       f"compare epochs (GAUC needs users with both classes: dataset.holdout >= 2); "
-                       f"set config.early_stopping.metric to 'auc' or 'logloss'")
+      raise ConfigError(f"valid {es.metric} is {value} after epoch {epoch}, so early stopping cannot "
+                        f"compare epochs (GAUC needs users with both classes: dataset.holdout >= 2); "
+                        f"set config.early_stopping.metric to 'auc' or 'logloss'")
     improved = self.best is None or (value > self.best if es.mode == "max" else value < self.best)
     if improved:
       self.best, self.best_epoch, self.best_step, self.bad_epochs = value, epoch, self.step, 0

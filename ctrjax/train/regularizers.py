@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ctrjax.data.schema import PAD_ID, Schema
+from ctrjax.errors import ConfigError
 
 MODES = ("none", "mba", "touched", "full_table")
 WEIGHT_CONVENTIONS = {"paper": 0.5, "no_half": 1.0}   # penalty coefficient = lambda x this
@@ -56,11 +57,11 @@ class EmbeddingRegularizer:
     """Validates the settings (errors name the config field or table) and precomputes row weights;
     ``counts`` (table -> int[V] training-split occurrences) is only read for mba."""
     if mode not in MODES:
-      raise ValueError(f"config.regularizer.mode={mode!r}: expected one of {MODES}")
+      raise ConfigError(f"config.regularizer.mode={mode!r}: expected one of {MODES}")
     if not weight >= 0:  # also rejects NaN
-      raise ValueError(f"config.regularizer.weight={weight!r}: expected >= 0")
+      raise ConfigError(f"config.regularizer.weight={weight!r}: expected >= 0")
     if weight_convention not in WEIGHT_CONVENTIONS:
-      raise ValueError(f"config.regularizer.weight_convention={weight_convention!r}: expected one of "
+      raise ConfigError(f"config.regularizer.weight_convention={weight_convention!r}: expected one of "
                        f"{tuple(WEIGHT_CONVENTIONS)}")
     fields: dict[str, list[tuple[str, str]]] = {}
     for f in schema.fields:

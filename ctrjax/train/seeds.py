@@ -25,8 +25,10 @@ import ml_collections
 import numpy as np
 
 from ctrjax.data import loader
+from ctrjax.errors import ConfigError
 from ctrjax.train import step as step_lib
 from ctrjax.train import trainer
+from ctrjax.train import workdir_lock
 
 
 class _StackedSource(grain.sources.RandomAccessDataSource):
@@ -53,26 +55,27 @@ def seed_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.
 def train_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
                 workdirs: Sequence[str | pathlib.Path], dataset_path: str | pathlib.Path) -> list[dict]:
   """Trains ``config`` once per seed, all seeds in one vmapped step on one device; seed ``seeds[k]``
-  writes (or resumes) ``workdirs[k]``. Returns the K result dicts (as ``train_and_evaluate`` returns
-  one)."""
+  writes (or resumes) ``workdirs[k]``, holding its lock (WorkdirBusy if another process does). Returns
+  the K result dicts (as ``train_and_evaluate`` returns one)."""
   if len(seeds) != len(workdirs) or not seeds:
     raise ValueError(f"train_seeds: {len(seeds)} seeds for {len(workdirs)} workdirs")
   if jax.process_count() > 1:
-    raise ValueError("config.seeds_in_parallel runs on one device of one process; "
-                     "set it to False in a multi-process run")
+    raise ConfigError("config.seeds_in_parallel runs on one device of one process; "
+                      "set it to False in a multi-process run")
   if trainer.lazy.embedding_optimizer(config.optimizer) != "dense":
-    raise ValueError(f"config.seeds_in_parallel=True needs config.optimizer.embeddings='dense' "
-                     f"(got {config.optimizer.embeddings!r}): the lazy row updates are not vmapped")
+    raise ConfigError(f"config.seeds_in_parallel=True needs config.optimizer.embeddings='dense' "
+                      f"(got {config.optimizer.embeddings!r}): the lazy row updates are not vmapped")
   single = ml_collections.ConfigDict(config.to_dict())
   single.num_devices = 1
-  setup = trainer.Setup(single, dataset_path)
-  sources = [setup.source("train", train=True, seed=s) for s in seeds]
-  train, predict = step_lib.jit_seed_steps(setup.layout, setup.regularizer)
-  program = trainer.Program(
-      train_step=train, predict=predict,
-      batches=loader.make_iterator(_StackedSource(sources, setup.pack), **config.loader,
-                                   transform=lambda packed: jax.device_put(packed, setup.mesh.devices.flat[0])),
-      init_state=lambda seed: setup.init_state(sources[0][0], seed=seed),
-      steps_per_epoch=sources[0].batches_per_epoch, stacked=True)
-  return trainer.EpochLoop(setup, program, [seed_config(config, s) for s in seeds], workdirs,
-                           seeds_in_parallel=len(seeds)).run()
+  with workdir_lock.training(workdirs):
+    setup = trainer.Setup(single, dataset_path)
+    sources = [setup.source("train", train=True, seed=s) for s in seeds]
+    train, predict = step_lib.jit_seed_steps(setup.layout, setup.regularizer)
+    program = trainer.Program(
+        train_step=train, predict=predict,
+        batches=loader.make_iterator(_StackedSource(sources, setup.pack), **config.loader,
+                                     transform=lambda packed: jax.device_put(packed, setup.mesh.devices.flat[0])),
+        init_state=lambda seed: setup.init_state(sources[0][0], seed=seed),
+        steps_per_epoch=sources[0].batches_per_epoch, stacked=True)
+    return trainer.EpochLoop(setup, program, [seed_config(config, s) for s in seeds], workdirs,
+                             seeds_in_parallel=len(seeds)).run()

@@ -12,6 +12,7 @@ import optax
 from flax.training import train_state
 
 from ctrjax.data.packing import BatchLayout
+from ctrjax.errors import ConfigError
 from ctrjax.train import mesh as mesh_lib
 from ctrjax.train.lazy import LazyEmbeddings, embedding_optimizer
 from ctrjax.train.regularizers import EmbeddingRegularizer
@@ -28,7 +29,7 @@ def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformati
   (inject_hyperparams) so decay-on-plateau can change it and checkpoints keep it. With lazy
   embeddings it only sees the dense parameters, and the lazy step clips all gradients jointly."""
   if cfg.name != "adam":
-    raise ValueError(f"config.optimizer.name={cfg.name!r}; supported: 'adam'")
+    raise ConfigError(f"config.optimizer.name={cfg.name!r}; supported: 'adam'")
 
   def build(learning_rate):
     adam = optax.adam(learning_rate, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)

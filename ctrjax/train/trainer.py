@@ -8,11 +8,15 @@ result.json. Each run's bookkeeping is a ``Progress`` (progress.py).
 
 Fault tolerance: a checkpoint every ``checkpoint_every_steps`` and at each epoch end; a workdir
 that holds one resumes exactly (params, optimizer, step, RNG, data position, early-stopping
-state and the metric history, from which metrics.jsonl is rewritten).
+state and the metric history, from which metrics.jsonl is rewritten), from its newest intact
+checkpoint (checkpoint.py). One process at a time trains in a workdir (workdir_lock.py). A loss or
+a train state that becomes NaN/Inf stops the run (``TrainingDiverged``) before it is checkpointed,
+and ``Restart`` continues it from its last good checkpoint with other optimiser settings.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import pathlib
@@ -32,45 +36,123 @@ from ctrjax.data import loader
 from ctrjax.data.dataset import Dataset
 from ctrjax.data.filter import IdFrequencyFilter
 from ctrjax.data.packing import BatchLayout
+from ctrjax.errors import ConfigError, UserError, WorkdirFileError
 from ctrjax.models import build_model
 from ctrjax.train import lazy
 from ctrjax.train import mesh as mesh_lib
 from ctrjax.train import step as step_lib
+from ctrjax.train import workdir_lock
 from ctrjax.train.checkpoint import Checkpointer
 from ctrjax.train.progress import Progress
 from ctrjax.train.regularizers import EmbeddingRegularizer
 
 # Config fields that may differ between a run and its resumption.
 _RESUME_FREE = ("workdir", "debug", "log_every_steps", "loader", "progress_bar", "seeds_in_parallel")
+# Config fields a ``Restart`` may change besides those: optimisation settings that keep the layout of
+# the train state (optimizer.grad_clip_norm only on the same side of 0: clipping adds a state).
+RESTART_FREE = ("optimizer.learning_rate", "optimizer.b1", "optimizer.b2", "optimizer.eps",
+                "optimizer.grad_clip_norm", "lr_decay_on_plateau")
 
 
-class TrainingDiverged(RuntimeError):
-  """The loss became NaN/Inf; the message names the step and the last finite metrics."""
+class TrainingDiverged(UserError, RuntimeError):
+  """The loss or the train state became NaN/Inf; the message names the step, the last finite
+  metrics and the last good checkpoint (a user error: restart it with a lower learning rate)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Restart:
+  """Continues a workdir's run from one of its checkpoints under a config that differs from the
+  run's in ``RESTART_FREE`` fields only (e.g. a lower learning rate after ``TrainingDiverged``),
+  which a plain resume refuses as a different config.
+
+  The checkpoint gives the parameters, the step, the data position, the RNG and the history (early
+  stopping state included); the optimizer state too unless ``optimizer_state`` is False (fresh Adam
+  moments), with the new settings and learning rate. Later checkpoints are deleted. config.json then
+  holds the new config, and result.json["restarts"] (and every later checkpoint) each restart's step
+  and changed fields. Once the workdir's newest checkpoint has the new config, the same call simply
+  resumes it, so a crashed restart is rerun unchanged.
+  """
+  step: int | None = None          # the checkpoint to start from (None: the newest intact one)
+  optimizer_state: bool = True     # keep the optimizer state (False: a fresh one)
 
 
 def _is_main() -> bool:
   return jax.process_index() == 0
 
 
-def _comparable(cfg: dict) -> dict:
-  """The resume-relevant part of a config, as JSON sees it (tuples and lists compare equal)."""
-  return json.loads(json.dumps({k: v for k, v in cfg.items() if k not in _RESUME_FREE}))
+def _flat(cfg: dict, prefix: str = "") -> dict:
+  """{"optimizer": {"learning_rate": x}} -> {"optimizer.learning_rate": x}."""
+  out = {}
+  for k, v in cfg.items():
+    out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+  return out
+
+
+def config_changes(saved: dict, current: dict) -> dict[str, list]:
+  """The resume-relevant fields whose values differ between two configs (``config.to_dict()``), as
+  JSON sees them (tuples and lists compare equal): {"optimizer.learning_rate": [saved, current]}."""
+  saved, current = ({k: v for k, v in _flat(json.loads(json.dumps(c))).items()
+                     if k.split(".")[0] not in _RESUME_FREE} for c in (saved, current))
+  pairs = {k: [saved.get(k, "<absent>"), current.get(k, "<absent>")] for k in sorted(set(saved) | set(current))}
+  return {k: pair for k, pair in pairs.items() if pair[0] != pair[1]}
 
 
 def _check_same_config(saved: dict, current: dict, workdir: pathlib.Path):
-  saved, current = _comparable(saved), _comparable(current)
-  if saved != current:
-    keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
-    raise ValueError(f"{workdir} holds a run with a different config (differs in {keys}); "
-                     f"use another --workdir or delete it to start over")
+  keys = sorted({field.split(".")[0] for field in config_changes(saved, current)})
+  if keys:
+    raise ConfigError(f"{workdir} holds a run with a different config (differs in {keys}); "
+                      f"use another --workdir or delete it to start over (or, for other optimiser "
+                      f"settings, restart it: trainer.Restart)")
+
+
+def _check_restartable(saved: dict, current: dict, workdir: pathlib.Path):
+  changes = config_changes(saved, current)
+  fixed = [field for field in changes if field not in RESTART_FREE]
+  if fixed:
+    raise ConfigError(f"{workdir}: a restart may change only {list(RESTART_FREE)}; the config also "
+                      f"differs in {fixed}")
+  if "optimizer.grad_clip_norm" in changes and len({v > 0 for v in changes["optimizer.grad_clip_norm"]}) > 1:
+    raise ConfigError(f"{workdir}: a restart cannot turn gradient clipping on or off "
+                      f"(config.optimizer.grad_clip_norm {changes['optimizer.grad_clip_norm']}): it "
+                      f"changes the optimizer state's layout")
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _widths(v) -> bool:
+  """A size >= 1, a tuple of them, or None (the model's default)."""
+  return v is None or all(_is_int(w) and w >= 1 for w in (v if isinstance(v, (tuple, list)) else [v]))
+
+
+# config.model's fields at any depth (e.g. model.dnn.dropout), by how the field's name ends:
+# (endings, the value is valid?, what is expected).
+_MODEL_RULES = (
+    (("dropout",), lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "a rate in [0, 1)"),
+    (("_dim", "_heads", "_units", "hidden", "low_rank", "num_experts", "ffn_mult"), _widths,
+     "a size >= 1 (or a tuple of sizes)"),
+    (("_layers",), lambda v: (_is_int(v) and v >= 0) or (isinstance(v, (tuple, list)) and _widths(v)),
+     "a count >= 0 (or a tuple of widths >= 1)"),
+)
+
+
+def _validate_model(model: dict, prefix: str = "model") -> None:
+  for name, value in model.items():
+    if isinstance(value, dict):
+      _validate_model(value, f"{prefix}.{name}")
+      continue
+    for endings, valid, expected in _MODEL_RULES:
+      if name.endswith(endings) and not valid(value):
+        raise ConfigError(f"config.{prefix}.{name}={value!r}: expected {expected}")
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Rejects bad values before any work, naming the config field (unknown keys are already
-  rejected by the locked ConfigDict)."""
+  rejected by the locked ConfigDict); config.model's rates and sizes by ``_MODEL_RULES``."""
   def need(ok, field, value, expected):
     if not ok:
-      raise ValueError(f"config.{field}={value!r}: expected {expected}")
+      raise ConfigError(f"config.{field}={value!r}: expected {expected}")
   es = config.early_stopping
   need(es.metric in ("auc", "gauc", "logloss"), "early_stopping.metric", es.metric, "'auc', 'gauc' or 'logloss'")
   need(es.mode in ("max", "min"), "early_stopping.mode", es.mode, "'max' or 'min'")
@@ -78,15 +160,17 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for field in ("batch_size", "eval_batch_size", "num_epochs", "checkpoint_every_steps", "log_every_steps"):
     need(config[field] >= 1, field, config[field], ">= 1")
   need(0.0 < config.lr_decay_on_plateau <= 1.0, "lr_decay_on_plateau", config.lr_decay_on_plateau, "in (0, 1]")
-  need(config.optimizer.learning_rate > 0, "optimizer.learning_rate", config.optimizer.learning_rate, "> 0")
+  need(0 < config.optimizer.learning_rate < float("inf"), "optimizer.learning_rate",
+       config.optimizer.learning_rate, "a finite value > 0")
   embeddings = lazy.embedding_optimizer(config.optimizer)
   need(embeddings in lazy.EMBEDDING_OPTIMIZERS, "optimizer.embeddings", embeddings,
        f"one of {lazy.EMBEDDING_OPTIMIZERS}")
   if embeddings != "dense" and config.regularizer.mode == "full_table":
-    raise ValueError(f"config.regularizer.mode='full_table' penalises every row, but "
-                     f"config.optimizer.embeddings={embeddings!r} updates only a batch's rows; "
-                     f"use mode 'mba' or 'touched', or embeddings 'dense'")
+    raise ConfigError(f"config.regularizer.mode='full_table' penalises every row, but "
+                      f"config.optimizer.embeddings={embeddings!r} updates only a batch's rows; "
+                      f"use mode 'mba' or 'touched', or embeddings 'dense'")
   need(config.num_devices >= 0, "num_devices", config.num_devices, ">= 0 (0 = all)")
+  _validate_model(config.model.to_dict())
   devices = config.num_devices or jax.device_count()
   for field in ("batch_size", "eval_batch_size"):
     need(config[field] % devices == 0, field, config[field], f"a multiple of the {devices} devices")
@@ -103,8 +187,8 @@ class Setup:
     self.dataset = Dataset(self.dataset_path, validate=config.dataset.validate)
     meta = [f.name for f in self.dataset.schema.group("meta")]
     if config.gauc_group and config.gauc_group not in meta:
-      raise ValueError(f"config.gauc_group={config.gauc_group!r} is not a meta field of "
-                       f"{self.dataset_path} (meta fields: {meta}); use '' to skip GAUC")
+      raise ConfigError(f"config.gauc_group={config.gauc_group!r} is not a meta field of "
+                        f"{self.dataset_path} (meta fields: {meta}); use '' to skip GAUC")
     self.mesh = mesh_lib.make_mesh(config.num_devices)
     self.model = build_model(config.model_name, self.dataset.schema, config.model)
     self.tx = step_lib.make_optimizer(config.optimizer)
@@ -200,6 +284,15 @@ class Program:
     return values if self.stacked else values[0]
 
 
+@functools.partial(jax.jit, static_argnums=1)
+def _all_finite(state, stacked: bool) -> jax.Array:
+  """Whether every float of ``state`` is finite: a bool, or one per run of a stacked state."""
+  def finite(x):
+    return jnp.isfinite(x).all(axis=tuple(range(1, x.ndim)) if stacked else None)
+  leaves = [finite(x) for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.stack(leaves).all(axis=0)
+
+
 @dataclasses.dataclass
 class _Run:
   """One run of an ``EpochLoop``: its seed, workdir, checkpoints, progress and logs."""
@@ -229,17 +322,17 @@ class EpochLoop:
   """
 
   def __init__(self, setup: Setup, program: Program, configs: Sequence[ml_collections.ConfigDict],
-               workdirs: Sequence[str | os.PathLike], **result_extra):
+               workdirs: Sequence[str | os.PathLike], restart: Restart | None = None, **result_extra):
     self.setup, self.program, self.config = setup, program, setup.config
+    self.restart = restart                      # applied to each run (see ``Restart``)
     self.result_extra = result_extra            # extra result.json fields
     self.main = _is_main()
     self.total_steps = program.steps_per_epoch * self.config.num_epochs
-    es = self.config.early_stopping
     if self.main:
       for w in workdirs:
         pathlib.Path(w).mkdir(parents=True, exist_ok=True)
     self.runs = [_Run(seed=c.seed, workdir=pathlib.Path(w), tag=f"seed {c.seed}: " if program.stacked else "",
-                      ckpt=Checkpointer(pathlib.Path(w) / "checkpoints", es.metric, es.mode),
+                      ckpt=Checkpointer(pathlib.Path(w) / "checkpoints"),
                       progress=Progress(config=c.to_dict())) for c, w in zip(configs, workdirs)]
     self.live: list[int] = []                   # the runs trained by the current step
     self.parked: dict[int, step_lib.TrainState] = {}   # run -> its state, until the loop reaches its step
@@ -247,38 +340,35 @@ class EpochLoop:
 
   def run(self) -> list[dict]:
     """Trains every run to its end; returns the K result dicts."""
-    self._resume()
-    self._train()
-    return self._results()
+    try:
+      self._resume()
+      self._train()
+      return self._results()
+    finally:              # on errors too: commits the last saves, and stops orbax's threads before
+      for run in self.runs:   # the interpreter does ("can't create new thread at shutdown")
+        run.ckpt.close()
 
   # --- Resume ---------------------------------------------------------------------------------------
   def _resume(self):
-    """Restores every run with a checkpoint, sets the loop's first step, and (re)writes each run's
-    config.json and metrics.jsonl."""
-    latest = [run.ckpt.latest_step() for run in self.runs]
-    for run, step in zip(self.runs, latest):
-      if step is not None:
-        saved = run.ckpt.read_progress(step)
-        _check_same_config(saved.config, run.progress.config, run.workdir)
-        run.progress = saved
+    """Restores every run from its newest intact checkpoint (or restarts it), sets the loop's first
+    step, places the batches, and (re)writes each run's config.json and metrics.jsonl."""
+    states, rngs, restored = [], [], []
+    for run in self.runs:
+      state = self.program.init_state(run.seed)
+      rng = jax.device_put(jax.random.PRNGKey(run.seed), mesh_lib.replicated(self.setup.mesh))
+      step, state, rng = (self._restart_run if self.restart else self._resume_run)(run, state, rng)
+      if step is not None and self.main:
+        print(f"{run.tag}resumed from step {step} (epoch {step / self.program.steps_per_epoch:.2f})",
+              flush=True)
+      states.append(state)
+      rngs.append(rng)
+      restored.append(step)
     unfinished = [k for k, run in enumerate(self.runs) if run.progress.stopped is None]
     self.start = min((self.runs[k].progress.step for k in unfinished), default=self.total_steps)
     self.live = [k for k in unfinished if self.runs[k].progress.step == self.start]
-    states, rngs = [], []
-    for k, (run, step) in enumerate(zip(self.runs, latest)):
-      state = self.program.init_state(run.seed)
-      rng = jax.device_put(jax.random.PRNGKey(run.seed), mesh_lib.replicated(self.setup.mesh))
-      if step is not None:      # the live runs, all at the loop's first step, also place the batches
-        state, rng, run.progress = run.ckpt.restore(step, state, rng,
-                                                    self.program.batches if k in self.live else None)
-        run.resumed_from = step
-        if self.main:
-          print(f"{run.tag}resumed from step {step} (epoch {step / self.program.steps_per_epoch:.2f})",
-                flush=True)
-      if k in unfinished and k not in self.live:
-        self.parked[k] = state
-      states.append(state)
-      rngs.append(rng)
+    self.parked = {k: states[k] for k in unfinished if k not in self.live}
+    if self.live and restored[self.live[0]] is not None:   # the live runs share the batches' position
+      self.runs[self.live[0]].ckpt.restore_data_iter(restored[self.live[0]], self.program.batches)
     self.state, self.rngs = self.program.stack(states), self.program.stack(rngs)
     if self.main:
       for run in self.runs:
@@ -286,6 +376,51 @@ class EpochLoop:
         with open(run.workdir / "metrics.jsonl", "w") as fh:
           fh.writelines(json.dumps(h) + "\n" for h in run.progress.history)
         run.writer = SummaryWriter(str(run.workdir / "tb"))
+
+  def _resume_run(self, run: _Run, state, rng):
+    """(step, state, rng) of ``run``'s newest intact checkpoint, which must hold the run's config;
+    (None, state, rng) for a new run."""
+    found = run.ckpt.restore_latest(
+        state, rng, check=lambda saved: _check_same_config(saved.config, run.progress.config, run.workdir))
+    if found is None:
+      return None, state, rng
+    step, state, rng, run.progress = found
+    run.resumed_from = step
+    return step, state, rng
+
+  def _restart_run(self, run: _Run, state, rng):
+    """``_resume_run`` under ``self.restart``: the checkpoint's config may differ in RESTART_FREE
+    fields, which then take effect from its step on (recorded in the progress's ``restarts``)."""
+    config = run.progress.config
+    found = run.ckpt.restore_latest(
+        state, rng, check=lambda saved: _check_restartable(saved.config, config, run.workdir))
+    if found is None:
+      raise WorkdirFileError(f"{run.workdir / 'checkpoints'}: no checkpoint to restart from")
+    step, restored, rng, saved = found
+    if not config_changes(saved.config, config):
+      if self.main:
+        print(f"{run.tag}{run.workdir}'s newest checkpoint already has this config: resuming it "
+              f"(no restart)", flush=True)
+    else:
+      if self.restart.step is not None and self.restart.step != step:
+        step = self.restart.step
+        _check_restartable(run.ckpt.read_progress(step).config, config, run.workdir)
+        restored, rng, saved = run.ckpt.restore(step, state, rng)
+      changed = config_changes(saved.config, config)
+      if not self.restart.optimizer_state:
+        restored = restored.replace(opt_state=state.opt_state, embedding_opt_state=state.embedding_opt_state)
+      restored = step_lib.with_learning_rate(restored, config["optimizer"]["learning_rate"])
+      deleted = run.ckpt.delete_after(step)
+      saved.config = config
+      saved.restarts = saved.restarts + [{"step": step, "changed": changed,
+                                          "optimizer_state": self.restart.optimizer_state}]
+      if self.main:
+        print(f"{run.tag}restarting from step {step} with " + ", ".join(
+            f"{field} {old} -> {new}" for field, (old, new) in changed.items())
+            + ("" if self.restart.optimizer_state else ", a fresh optimizer state")
+            + (f"; later checkpoints {deleted} deleted" if deleted else ""), flush=True)
+    run.progress, run.resumed_from = saved, step
+    return step, restored, rng
 
   # --- Train loop -----------------------------------------------------------------------------------
   def _train(self):
@@ -314,15 +449,15 @@ class EpochLoop:
           self._log_step(step, rate, bar)
         if step % steps_per_epoch:
           if step % config.checkpoint_every_steps == 0:
+            self._settle()
             self._save()
           continue
         self._end_epoch(step // steps_per_epoch, time.time() - t_epoch)
         bar.update(step - bar.n)
         t_epoch = time.time()
-    finally:                                     # a crash still commits the last good saves
+    finally:
       bar.close()
       for run in self.runs:
-        run.ckpt.wait()
         if run.writer:
           run.writer.close()
 
@@ -341,16 +476,31 @@ class EpochLoop:
         run = self.runs[k]
         loss = float(per_run["loss"][k])
         if not np.isfinite(loss):
-          saved = run.ckpt.latest_step()
-          raise TrainingDiverged(
-              f"{run.tag}loss became {loss} at step {step} (epoch "
-              f"{(step - 1) // self.program.steps_per_epoch + 1}); last finite metrics: "
-              f"{run.last_finite or 'none'}; " + (
-                  f"the last good checkpoint is kept in {run.workdir / 'checkpoints'} (step {saved})"
-                  if saved is not None else "there is no checkpoint yet"))
+          raise self._diverged(run, f"loss became {loss} at step {step}", step)
         run.last_finite = {"step": step, **{name: float(v[k]) for name, v in per_run.items()}}
         run.progress.add_step_loss(loss)
     self.pending.clear()
+
+  def _settle(self):
+    """``_flush``, then checks that every live run's train state is finite. A step's loss is that of
+    the state before its update, so an update to NaN/Inf (an overflowing step) shows here first:
+    before the state is evaluated or checkpointed, so every kept checkpoint is finite."""
+    self._flush()
+    finite = self.program.per_run(_all_finite(self.state, self.program.stacked))
+    for k in self.live:
+      if not finite[k]:
+        step = self.runs[k].progress.step
+        raise self._diverged(self.runs[k], f"the parameters or optimizer state became NaN/Inf by step "
+                                           f"{step}, every loss up to it finite", step)
+
+  def _diverged(self, run: _Run, what: str, step: int) -> TrainingDiverged:
+    saved = run.ckpt.latest_step()
+    return TrainingDiverged(
+        f"{run.tag}{what} (epoch {(step - 1) // self.program.steps_per_epoch + 1}); last finite "
+        f"metrics: {run.last_finite or 'none'}; " + (
+            f"the last good checkpoint is kept in {run.workdir / 'checkpoints'} (step {saved}): "
+            f"restart from it with a lower learning rate (trainer.Restart)"
+            if saved is not None else "there is no checkpoint yet"))
 
   def _log_step(self, step: int, rate: float, bar):
     bar.update(step - bar.n)
@@ -361,17 +511,16 @@ class EpochLoop:
         self.runs[k].writer.add_scalar("train/loss", self.runs[k].last_finite["loss"], step)
         self.runs[k].writer.add_scalar("train/samples_per_s", rate, step)
 
-  def _save(self, metrics: dict[int, dict] | None = None):
-    """Checkpoints every live run; ``metrics`` (run -> its validation metric) at epoch ends."""
-    self._flush()
+  def _save(self):
+    """Checkpoints every live run (its state settled: ``_settle``)."""
     for k in self.live:
       run = self.runs[k]
       run.ckpt.save(run.progress.step, self.program.unstack(self.state, k), self.program.unstack(self.rngs, k),
-                    run.progress, self.program.batches, metrics and metrics[k])
+                    run.progress, self.program.batches)
 
   # --- End of epoch: validate, early stopping, LR decay on plateau, checkpoint ----------------------
   def _end_epoch(self, epoch: int, seconds: float):
-    self._flush()
+    self._settle()                               # a diverged state is not evaluated
     es, decay = self.config.early_stopping, self.config.lr_decay_on_plateau
     valid = self.setup.evaluate(self.state, "valid", self.program.predict)
     valid = valid if self.program.stacked else [valid]
@@ -392,19 +541,17 @@ class EpochLoop:
             + ("  *" if improved else ""))
     if decay < 1.0:
       self.state = step_lib.with_learning_rate(self.state, self.program.of_runs(lr))
-    self._save({k: {es.metric: valid[k][es.metric]} for k in self.live})
+    self._save()
     self.live = [k for k in self.live if self.runs[k].progress.stopped is None]
 
   # --- Test with each run's best checkpoint ---------------------------------------------------------
   def _results(self) -> list[dict]:
     results = []
     for k, run in enumerate(self.runs):
-      best_step = run.ckpt.best_step()
-      best_state, _, best = run.ckpt.restore(best_step, self.program.unstack(self.state, k),
-                                             self.program.unstack(self.rngs, k))
-      result = run_result(self.setup, run.seed, best_state, best_step, best.best_epoch, run.progress,
+      best_state, _, _ = run.ckpt.restore(run.progress.best_step, self.program.unstack(self.state, k),
+                                          self.program.unstack(self.rngs, k))
+      result = run_result(self.setup, run.seed, best_state, run.progress,
                           resumed_from_step=run.resumed_from, **self.result_extra)
-      run.ckpt.close()
       if self.main:
         (run.workdir / "result.json").write_text(json.dumps(result, indent=1) + "\n")
         t = result["test"]
@@ -415,25 +562,27 @@ class EpochLoop:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
-                       dataset_path: str | os.PathLike) -> dict:
+                       dataset_path: str | os.PathLike, restart: Restart | None = None) -> dict:
   """Trains ``config`` on the prepared dataset at ``dataset_path`` into ``workdir`` (resuming what
-  it holds) and returns its result.json: the ``EpochLoop`` of one run on the mesh."""
-  setup = Setup(config, dataset_path)
-  source = setup.source("train", train=True)
-  program = Program(train_step=setup.train_step, predict=setup.predict, batches=setup.batches(source),
-                    init_state=lambda seed: setup.init_state(source[0], seed),
-                    steps_per_epoch=source.batches_per_epoch, stacked=False)
-  return EpochLoop(setup, program, [config], [workdir]).run()[0]
+  it holds, or restarting it: ``Restart``) and returns its result.json: the ``EpochLoop`` of one run
+  on the mesh. Holds the workdir's lock throughout: a second process is refused (WorkdirBusy)."""
+  with workdir_lock.training([workdir]):
+    setup = Setup(config, dataset_path)
+    source = setup.source("train", train=True)
+    program = Program(train_step=setup.train_step, predict=setup.predict, batches=setup.batches(source),
+                      init_state=lambda seed: setup.init_state(source[0], seed),
+                      steps_per_epoch=source.batches_per_epoch, stacked=False)
+    return EpochLoop(setup, program, [config], [workdir], restart).run()[0]
 
 
-def run_result(setup: Setup, seed: int, best_state, best_step: int, best_epoch: int, progress: Progress,
-               **extra) -> dict:
+def run_result(setup: Setup, seed: int, best_state, progress: Progress, **extra) -> dict:
   """result.json of a finished run (``progress``: its last): valid and test metrics of its best
-  state, and its facts."""
+  state (``progress.best_step``'s checkpoint), and its facts."""
   return {
       "model": setup.config.model_name, "dataset": str(setup.dataset_path), "seed": seed,
-      "best_step": best_step, "best_epoch": best_epoch,
+      "best_step": progress.best_step, "best_epoch": progress.best_epoch,
       "epochs_run": len(progress.history), "stopped": progress.stopped or "max epochs",
+      "restarts": progress.restarts,
       "valid": setup.evaluate(best_state, "valid"), "test": setup.evaluate(best_state, "test"),
       **extra,
       "parameters": count_parameters(best_state.params),
@@ -454,19 +603,24 @@ def without_embeddings(params: dict) -> dict:
 
 
 def load_best(workdir: str | os.PathLike, dataset_path: str | os.PathLike):
-  """(setup, train state, progress) of the best checkpoint of a run's workdir, on the prepared
-  dataset at ``dataset_path``."""
+  """(setup, train state, progress) of the best checkpoint of a run's workdir (the one its newest
+  checkpoint names), on the prepared dataset at ``dataset_path``. Refused (WorkdirBusy) while a run
+  trains in the workdir and may replace it."""
   workdir = pathlib.Path(workdir)
   if not (workdir / "config.json").is_file():
-    raise FileNotFoundError(f"{workdir}: no config.json (not a ctrjax workdir)")
+    raise WorkdirFileError(f"{workdir}: no config.json (not a ctrjax workdir)")
   config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
-  setup = Setup(config, dataset_path)
-  ckpt = Checkpointer(workdir / "checkpoints", config.early_stopping.metric, config.early_stopping.mode)
-  best = ckpt.best_step()
-  if best is None:
-    raise FileNotFoundError(f"{workdir}: no checkpoint with validation metrics yet")
-  state, _, progress = ckpt.restore(best, setup.init_state(setup.source("train", train=True)[0]), setup.rng)
-  ckpt.close()
+  with workdir_lock.reading(workdir):
+    setup = Setup(config, dataset_path)
+    ckpt = Checkpointer(workdir / "checkpoints")
+    try:
+      newest = ckpt.newest_progress()
+      if newest is None or newest.best_step is None:
+        raise WorkdirFileError(f"{workdir / 'checkpoints'}: no checkpoint of a finished epoch yet")
+      state, _, progress = ckpt.restore(newest.best_step, setup.init_state(setup.source("train", train=True)[0]),
+                                        setup.rng)
+    finally:
+      ckpt.close()
   return setup, state, progress
 
 
