@@ -32,6 +32,12 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of pr
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 flags.DEFINE_bool("debug", False, "Show the traceback of a user error (also CTRJAX_DEBUG=1).")
+_RESTART = flags.DEFINE_string(
+    "restart_from", None, "Continue a single run's workdir from a checkpoint with changed optimiser "
+    "settings (trainer.RESTART_FREE, e.g. a lower --config.optimizer.learning_rate after a divergence): "
+    "'latest' (the newest intact checkpoint) or a step number; prints what it changes.")
+_FRESH_OPTIMIZER = flags.DEFINE_bool(
+    "fresh_optimizer_state", False, "With --restart_from: start the optimizer's moments afresh.")
 
 
 def load_config_module(filename: str):
@@ -76,8 +82,10 @@ def main(argv):
   if grid is None:
     workdir = pathlib.Path(explicit_workdir or grid_lib.default_workdir(config_arg))
     _announce(jax, workdir)
-    trainer.train_and_evaluate(config, workdir, dataset_path)
+    trainer.train_and_evaluate(config, workdir, dataset_path, restart=_restart())
     return
+  if _RESTART.value:
+    raise UserError("--restart_from: restart a grid's run with ./run.sh CONFIG --workdir=<its run directory>")
   root, results, overrides = grid_lib.grid_dirs(grid, config_arg, config, module.get_config(arg),
                                                 explicit_workdir)
   if overrides:
@@ -88,6 +96,16 @@ def main(argv):
     return
   _announce(jax, root)
   runner.run_grid(config, grid, root, results, dataset_path)
+
+
+def _restart() -> trainer.Restart | None:
+  """--restart_from as a trainer.Restart (None without it)."""
+  if _RESTART.value is None:
+    return None
+  if _RESTART.value != "latest" and not _RESTART.value.isdigit():
+    raise UserError(f"--restart_from={_RESTART.value!r}: 'latest' or a checkpoint's step number")
+  step = None if _RESTART.value == "latest" else int(_RESTART.value)
+  return trainer.Restart(step=step, optimizer_state=not _FRESH_OPTIMIZER.value)
 
 
 def _announce(jax, workdir: pathlib.Path) -> None:

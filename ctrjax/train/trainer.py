@@ -102,7 +102,7 @@ def _check_same_config(saved: dict, current: dict, workdir: pathlib.Path):
   if keys:
     raise ConfigError(f"{workdir} holds a run with a different config (differs in {keys}); "
                       f"use another --workdir or delete it to start over (or, for other optimiser "
-                      f"settings, restart it: trainer.Restart)")
+                      f"settings, restart it: trainer.Restart, or --restart_from=latest)")
 
 
 def _check_restartable(saved: dict, current: dict, workdir: pathlib.Path):
@@ -499,7 +499,8 @@ class EpochLoop:
         f"{run.tag}{what} (epoch {(step - 1) // self.program.steps_per_epoch + 1}); last finite "
         f"metrics: {run.last_finite or 'none'}; " + (
             f"the last good checkpoint is kept in {run.workdir / 'checkpoints'} (step {saved}): "
-            f"restart from it with a lower learning rate (trainer.Restart)"
+            f"restart from it with a lower learning rate (trainer.Restart; on the command line "
+            f"--restart_from=latest)"
             if saved is not None else "there is no checkpoint yet"))
 
   def _log_step(self, step: int, rate: float, bar):
