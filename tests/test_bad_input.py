@@ -118,7 +118,7 @@ def test_criteo_number_too_negative_is_a_counted_malformed_line(tmp_path, numeri
   fields[2] = "-1e300"                                     # I2 on line 4: below -2^63
   lines[3] = "\t".join(fields)
   (tmp_path / "train.txt").write_text("\n".join(lines) + "\n")
-  ds = Dataset(criteo.prepare(tmp_path / "out", raw=tmp_path, min_count=1, numeric=numeric))
+  ds = Dataset(criteo.prepare(tmp_path / "out", raw_dir=tmp_path, min_count=1, numeric=numeric))
   assert ds.stats["malformed"]["by_reason"]["number"] == 1 and ds.stats["malformed"]["first_lines"] == [4]
   assert sum(ds.stats["rows"].values()) == 39
   if numeric == "bucket":
