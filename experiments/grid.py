@@ -46,18 +46,10 @@ def runs(grid: Grid, root: pathlib.Path):
 
 def config_fields(config: ml_collections.ConfigDict | dict) -> dict[str, Any]:
   """The fields of a run config that decide its results, flat (dotted key -> value as JSON reads
-  it, so tuples and lists compare equal): the trainer's resume check, whose resume-free fields
-  (workdir, debug, progress_bar, ...) are left out."""
+  it): the trainer's resume check, whose resume-free fields (workdir, debug, progress_bar, ...) are
+  left out."""
   from ctrjax.train import trainer
-  tree = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
-  return _flatten(trainer._comparable(tree))
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for key, value in tree.items():
-    out.update(_flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-  return out
+  return trainer.comparable_fields(config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config)
 
 
 def differing_fields(a: dict[str, Any], b: dict[str, Any], ignore=()) -> list[str]:

@@ -243,15 +243,15 @@ def test_grid_dirs_are_named_by_config_file_overrides_and_dataset(grid_config, t
   assert (run_root, results, overrides) == (
       pathlib.Path("workdirs/toy_grid_quick"), pathlib.Path(f"results/toy_grid/{label}"), {})
   assert not run_root.exists() and not results.exists()
-  lr = grid_lib.with_overrides(default, {"optimizer.learning_rate": 0.05, "model.hidden": (8,),
+  lr = grid_lib.with_overrides(default, {"optimizer.learning_rate": 0.05, "model.dnn.hidden": (8,),
                                          "progress_bar": True}, default.seed)   # progress_bar: resume-free
   run_root, results, overrides = grid_lib.grid_dirs(grid, arg, lr, default)
-  assert overrides == {"model.hidden": [8], "optimizer.learning_rate": 0.05}
+  assert overrides == {"model.dnn.hidden": [8], "optimizer.learning_rate": 0.05}
   suffix = re.fullmatch(r"toy_grid_quick(_ov-[0-9a-f]{8})", run_root.name).group(1)
   assert results == pathlib.Path(f"results/toy_grid/{label}{suffix}")
   for d in (run_root, results):
     assert json.loads((d / "overrides.json").read_text()) == overrides
-  other, _, _ = grid_lib.grid_dirs(grid, arg, grid_lib.with_overrides(lr, {"model.hidden": (4,)}, 0), default)
+  other, _, _ = grid_lib.grid_dirs(grid, arg, grid_lib.with_overrides(lr, {"model.dnn.hidden": (4,)}, 0), default)
   assert other != run_root
   run_root, results, _ = grid_lib.grid_dirs(grid, arg, lr, default, workdir=tmp_path / "mine")
   assert (run_root, results) == (tmp_path / "mine", tmp_path / "mine" / "results" / "toy_grid" / f"{label}{suffix}")
@@ -261,8 +261,8 @@ def test_a_finished_run_with_another_config_is_refused_before_any_training(grid_
   root = tmp_path / "runs"
   shutil.copytree(grid_run, root)
   _run_in_process(grid_config, root, progress_bar=True)    # resume-free fields do not count
-  with pytest.raises(UserError, match=r"runs/sum/seed0 .*model\.hidden.*optimizer\.learning_rate"):
-    _run_in_process(grid_config, root, **{"optimizer.learning_rate": 0.05, "model.hidden": (8,)})
+  with pytest.raises(UserError, match=r"runs/sum/seed0 .*model\.dnn\.hidden.*optimizer\.learning_rate"):
+    _run_in_process(grid_config, root, **{"optimizer.learning_rate": 0.05, "model.dnn.hidden": (8,)})
   shutil.rmtree(root / "mean")                             # a grid killed after its first variant
   with pytest.raises(UserError, match=r"runs/sum/seed0 .*optimizer\.learning_rate"):
     _run_in_process(grid_config, root, **{"optimizer.learning_rate": 0.05})

@@ -88,11 +88,16 @@ def _flat(cfg: dict, prefix: str = "") -> dict:
   return out
 
 
+def comparable_fields(config: dict) -> dict:
+  """A config's (``config.to_dict()``) fields that decide a run's results, flat (dotted key -> value
+  as JSON sees it, so tuples and lists compare equal), without the resume-free ones."""
+  return {k: v for k, v in _flat(json.loads(json.dumps(config))).items() if k.split(".")[0] not in _RESUME_FREE}
+
+
 def config_changes(saved: dict, current: dict) -> dict[str, list]:
-  """The resume-relevant fields whose values differ between two configs (``config.to_dict()``), as
-  JSON sees them (tuples and lists compare equal): {"optimizer.learning_rate": [saved, current]}."""
-  saved, current = ({k: v for k, v in _flat(json.loads(json.dumps(c))).items()
-                     if k.split(".")[0] not in _RESUME_FREE} for c in (saved, current))
+  """The resume-relevant fields whose values differ between two configs (``config.to_dict()``):
+  {"optimizer.learning_rate": [saved, current]}."""
+  saved, current = comparable_fields(saved), comparable_fields(current)
   pairs = {k: [saved.get(k, "<absent>"), current.get(k, "<absent>")] for k in sorted(set(saved) | set(current))}
   return {k: pair for k, pair in pairs.items() if pair[0] != pair[1]}
 
