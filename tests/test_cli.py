@@ -47,24 +47,27 @@ def get_config(arg=None):
   c = base.get_config("quick")
   c.dataset.name, c.dataset.path = "path", "{dataset}"
   c.model.dnn.hidden, c.batch_size, c.eval_batch_size, c.progress_bar = (8,), 64, 256, False
-  c.checkpoint_every_steps, c.num_epochs = 10, 1
+  c.checkpoint_every_steps, c.num_epochs = 10, 2
   return c
 '''
 
 
-def test_a_run_is_restarted_from_the_command_line_with_another_learning_rate(tmp_path):
+def test_a_killed_run_is_evaluated_and_restarted_from_the_command_line_with_another_learning_rate(tmp_path):
   from data_prep import synthetic
   dataset = synthetic.generate(tmp_path / "ds", num_rows=2000, num_items=100, num_users=40, max_len=5, seed=2)
   config = tmp_path / "tiny.py"
   config.write_text(TINY_CONFIG.format(dataset=dataset))
   run = ("run", f"--config={config}", f"--workdir={tmp_path / 'run'}")
-  killed = _cli(*run, "--config.debug.kill_at_step=15")     # checkpoint at step 10, then SIGKILL
+  killed = _cli(*run, "--config.debug.kill_at_step=30")     # after epoch 1 (25 steps), then SIGKILL
   assert killed.returncode == -9, killed.stderr[-2000:]
+  evaluated = _cli("eval", str(tmp_path / "run"))           # a half-written workdir: no result.json
+  assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+  assert "no logged test result" in evaluated.stdout and "test auc: " in evaluated.stdout, evaluated.stdout
   lower = "--config.optimizer.learning_rate=3e-4"
   refused = _cli(*run, lower)                              # another lr: a plain resume refuses it
   assert refused.returncode == 2 and "--restart_from=latest" in refused.stderr, refused.stderr[-2000:]
   restarted = _cli(*run, lower, "--restart_from=latest")
   assert restarted.returncode == 0, restarted.stderr[-2000:]
-  assert "restarting from step 10" in restarted.stdout and "test: auc" in restarted.stdout, restarted.stdout
+  assert "restarting from step" in restarted.stdout and "test: auc" in restarted.stdout, restarted.stdout
   bad = _cli(*run, lower, "--restart_from=newest")
   assert bad.returncode == 2 and "--restart_from='newest'" in bad.stderr
