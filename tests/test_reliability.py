@@ -24,7 +24,7 @@ from ctrjax.train import step as step_lib
 from ctrjax.train import trainer
 from ctrjax.train import workdir_lock
 from ctrjax.train.checkpoint import Checkpointer
-from tests.test_trainer import _config, _metrics, _result, dataset  # noqa: F401  (dataset: module-scoped)
+from tests.test_trainer import _config, _metrics, _result, _set, dataset  # noqa: F401  (dataset: module-scoped)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LR = 0.01                   # on this data epoch 1 is the best of 2, so best and newest checkpoint differ
@@ -46,14 +46,7 @@ def _train_until_killed(config, workdir, dataset, monkeypatch):  # noqa: F811
 
 
 def _with(config, **overrides):
-  config = config.copy_and_resolve_references()
-  for key, value in overrides.items():
-    *path, last = key.split(".")
-    node = config
-    for p in path:
-      node = node[p]
-    node[last] = value
-  return config
+  return _set(config.copy_and_resolve_references(), **overrides)
 
 
 def _steps(workdir) -> list[int]:

@@ -36,13 +36,18 @@ def _config(dataset, **overrides) -> ml_collections.ConfigDict:
   c.model.dnn.hidden, c.model.dnn.dropout = (32, 16), 0.1
   c.batch_size, c.eval_batch_size, c.progress_bar = 64, 256, False
   c.checkpoint_every_steps, c.log_every_steps = 25, 10
+  return _set(c, **overrides)
+
+
+def _set(config: ml_collections.ConfigDict, **overrides) -> ml_collections.ConfigDict:
+  """``config`` with each dotted-key override assigned in place."""
   for k, v in overrides.items():
-    node = c
+    node = config
     *path, last = k.split(".")
     for p in path:
       node = node[p]
     node[last] = v
-  return c
+  return config
 
 
 def test_train_step_compiles_once(dataset):
