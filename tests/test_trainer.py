@@ -315,3 +315,18 @@ def test_undefined_early_stopping_metric_is_a_clear_error(dataset, tmp_path, mon
   config = _config(dataset, **{"early_stopping.metric": "gauc"})
   with pytest.raises(ValueError, match=r"valid gauc is nan after epoch 1.*dataset.holdout >= 2"):
     trainer.train_and_evaluate(config, tmp_path / "nan_gauc", dataset)
+
+
+def test_on_epoch_hook_stops_a_run_and_a_rerun_keeps_it_stopped(dataset, tmp_path):
+  config = _config(dataset, num_epochs=4, **{"early_stopping.patience": 4})
+  calls = []
+
+  def on_epoch(epoch, valid):
+    calls.append((epoch, valid["auc"]))
+    return "pruned after epoch 2" if epoch == 2 else None
+  result = trainer.train_and_evaluate(config, tmp_path / "hooked", dataset, on_epoch=on_epoch)
+  assert [e for e, _ in calls] == [1, 2]
+  assert [auc for _, auc in calls] == [h["valid_auc"] for h in _metrics(tmp_path / "hooked")]
+  assert result["stopped"] == "pruned after epoch 2" and result["epochs_run"] == 2
+  again = trainer.train_and_evaluate(config, tmp_path / "hooked", dataset, on_epoch=on_epoch)
+  assert len(calls) == 2 and again["epochs_run"] == 2 and again["test"] == result["test"]

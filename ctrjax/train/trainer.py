@@ -298,6 +298,14 @@ def _all_finite(state, stacked: bool) -> jax.Array:
   return jnp.stack(leaves).all(axis=0)
 
 
+# A caller's hook at each epoch end of a run: (epoch, its validation metrics) -> None to go on, or
+# why the run stops here (e.g. a tuning pruner's verdict: experiments/tune.py), unless early
+# stopping already stopped it. The reason is kept as the run's ``stopped`` in its checkpoints, so a
+# resumed run stays stopped; its best epoch so far is tested as after early stopping. Called per
+# run, in every process of a multi-process run.
+OnEpoch = Callable[[int, dict], str | None]
+
+
 @dataclasses.dataclass
 class _Run:
   """One run of an ``EpochLoop``: its seed, workdir, checkpoints, progress and logs."""
@@ -327,9 +335,11 @@ class EpochLoop:
   """
 
   def __init__(self, setup: Setup, program: Program, configs: Sequence[ml_collections.ConfigDict],
-               workdirs: Sequence[str | os.PathLike], restart: Restart | None = None, **result_extra):
+               workdirs: Sequence[str | os.PathLike], restart: Restart | None = None,
+               on_epoch: OnEpoch | None = None, **result_extra):
     self.setup, self.program, self.config = setup, program, setup.config
     self.restart = restart                      # applied to each run (see ``Restart``)
+    self.on_epoch = on_epoch                    # may stop a run after an epoch (see ``OnEpoch``)
     self.result_extra = result_extra            # extra result.json fields
     self.main = _is_main()
     self.total_steps = program.steps_per_epoch * self.config.num_epochs
@@ -534,6 +544,9 @@ class EpochLoop:
     for k in self.live:
       run = self.runs[k]
       record, improved = run.progress.end_epoch(epoch, valid[k], float(lr[k]), seconds, es)
+      stop = self.on_epoch(epoch, valid[k]) if self.on_epoch else None
+      if stop and run.progress.stopped is None:
+        run.progress.stopped = stop
       if not improved:
         lr[k] *= decay
       if self.main:
@@ -568,17 +581,19 @@ class EpochLoop:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
-                       dataset_path: str | os.PathLike, restart: Restart | None = None) -> dict:
+                       dataset_path: str | os.PathLike, restart: Restart | None = None,
+                       on_epoch: OnEpoch | None = None) -> dict:
   """Trains ``config`` on the prepared dataset at ``dataset_path`` into ``workdir`` (resuming what
   it holds, or restarting it: ``Restart``) and returns its result.json: the ``EpochLoop`` of one run
-  on the mesh. Holds the workdir's lock throughout: a second process is refused (WorkdirBusy)."""
+  on the mesh; ``on_epoch`` may stop it after an epoch (``OnEpoch``). Holds the workdir's lock
+  throughout: a second process is refused (WorkdirBusy)."""
   with workdir_lock.training([workdir]):
     setup = Setup(config, dataset_path)
     source = setup.source("train", train=True)
     program = Program(train_step=setup.train_step, predict=setup.predict, batches=setup.batches(source),
                       init_state=lambda seed: setup.init_state(source[0], seed),
                       steps_per_epoch=source.batches_per_epoch, stacked=False)
-    return EpochLoop(setup, program, [config], [workdir], restart).run()[0]
+    return EpochLoop(setup, program, [config], [workdir], restart, on_epoch).run()[0]
 
 
 def run_result(setup: Setup, seed: int, best_state, progress: Progress, **extra) -> dict:
