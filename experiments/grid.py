@@ -82,20 +82,32 @@ def grid_dirs(grid: Grid, arg: str, config: ml_collections.ConfigDict,
   overrides.json, so runs of another config neither reuse nor overwrite the file's own. An explicit
   ``workdir`` (--workdir) is the run root as given, and the results go under ``<workdir>/results/``,
   never into the git-tracked results/."""
-  resolved, default = config_fields(config), config_fields(default_config)
-  overrides = {k: resolved.get(k) for k in differing_fields(resolved, default)}
-  digest = hashlib.sha256(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:8]
-  suffix = f"_ov-{digest}" if overrides else ""
+  overrides, suffix = overrides_of(config, default_config)
   results = pathlib.Path("results") / grid.name / (dataset_label(config.dataset) + suffix)
   if workdir:
     run_root, results = pathlib.Path(workdir), pathlib.Path(workdir) / results
   else:
     run_root = default_workdir(arg)
     run_root = run_root.with_name(run_root.name + suffix)
-  for folder in (run_root, results) if overrides else ():
+  write_overrides([run_root, results], overrides)
+  return run_root, results, overrides
+
+
+def overrides_of(config: ml_collections.ConfigDict,
+                 default_config: ml_collections.ConfigDict) -> tuple[dict[str, Any], str]:
+  """The ``config_fields`` where ``config`` differs from ``default_config`` (dotted key -> value),
+  and the folder-name suffix they give: ``_ov-<8 hex digits of them>``, or '' without any."""
+  resolved, default = config_fields(config), config_fields(default_config)
+  overrides = {k: resolved.get(k) for k in differing_fields(resolved, default)}
+  digest = hashlib.sha256(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:8]
+  return overrides, f"_ov-{digest}" if overrides else ""
+
+
+def write_overrides(folders: list[pathlib.Path], overrides: dict[str, Any]) -> None:
+  """An overrides.json in each folder (created), if there are overrides."""
+  for folder in folders if overrides else ():
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "overrides.json").write_text(json.dumps(overrides, indent=1, sort_keys=True) + "\n")
-  return run_root, results, overrides
 
 
 def load_run(workdir: pathlib.Path) -> dict:
