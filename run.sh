@@ -2,6 +2,7 @@
 # ctrjax entry point.
 #   ./run.sh CONFIG[:ARG] [--config.key=value ...]   run an experiment (or a grid) defined by a config file
 #   ./run.sh report GRID_CONFIG[:ARG]                a grid's tables and figures from the runs finished so far
+#   ./run.sh tune CONFIG[:ARG] [--trials N] [--timeout S]   tune on valid AUC (Optuna), then seeds 0-4 on test
 #   ./run.sh eval WORKDIR                            reload the best checkpoint of WORKDIR, re-evaluate test
 #   ./run.sh test [pytest args]                      run the test suite
 # On first use it creates .venv with Python >= 3.12 and installs the pinned dependencies.
@@ -52,7 +53,7 @@ export PYTHONUNBUFFERED=1
 
 case "${1:-}" in
   "" | -h | --help)
-    sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   test)
     shift
     exec "$PY" -m pytest "$@" ;;
@@ -63,6 +64,10 @@ case "${1:-}" in
     shift
     cfg="${1:?usage: ./run.sh report GRID_CONFIG[:ARG] [--config.key=value ...]}"; shift
     exec "$PY" -m experiments.main report --config="$cfg" "$@" ;;
+  tune)
+    shift
+    cfg="${1:?usage: ./run.sh tune CONFIG[:ARG] [--trials N] [--timeout S] [--config.key=value ...]}"; shift
+    exec "$PY" -m experiments.main tune --config="$cfg" "$@" ;;
   *)
     cfg="$1"; shift
     exec "$PY" -m experiments.main run --config="$cfg" "$@" ;;

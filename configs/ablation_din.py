@@ -5,6 +5,7 @@ DIN and DIN with Dice, plus the later DIEN and BST (configs/dien.py, configs/bst
   ./run.sh configs/ablation_din.py                      # ml-latest-small, 5 seeds, early stopping
   ./run.sh configs/ablation_din.py:dataset=ml-100k
   ./run.sh configs/ablation_din.py:quick                # 2 seeds, 1 epoch: a smoke run
+  ./run.sh configs/ablation_din.py:tuned,dataset=ml-100k --trials 8   # every model tuned alike
 
 Shared setting (configs/base.py): embedding 16 per field, behaviours sum-pooled (DIN: attention),
 prediction MLP 200-80 PReLU (Dice for DIN with Dice), Adam 1e-3, batch 128, early stopping on
@@ -15,7 +16,7 @@ results/ablation_din[_quick]/<dataset>/.
 import ml_collections
 
 from configs import base, bst, dien
-from configs.common import Grid, apply_grid_arg, grid_identity, parse_grid_arg
+from configs.common import Grid, SearchSpace, apply_grid_arg, grid_identity, parse_grid_arg
 from ctrjax.models import default_config
 
 DATASETS = ("ml-latest-small", "ml-100k")
@@ -58,3 +59,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 def get_grid(arg: str | None = None) -> Grid:
   return _config_and_grid(arg)[1]
+
+
+def get_search_space(arg: str | None = None) -> SearchSpace:
+  """The protocol 'tuned': one space for every model (configs/base.py's), less the keys a model's
+  config lacks (LR: the MLP's)."""
+  return base.get_search_space()

@@ -5,6 +5,7 @@
   ./run.sh configs/ablation_mian.py:dataset=ml-100k              # with user demographics
   ./run.sh configs/ablation_mian.py:dataset=synthetic            # planted signal: user + behaviour only
   ./run.sh configs/ablation_mian.py:quick,dataset=synthetic
+  ./run.sh configs/ablation_mian.py:tuned,dataset=ml-100k --trials 8   # every variant tuned alike
 
 Runs land in workdirs/ablation_mian[_ARG]/<variant>/seed<k> (finished runs are skipped, interrupted
 ones resume); tables and figures in results/ablation_mian[_quick]/<dataset>/.
@@ -15,7 +16,7 @@ Table 4: the IBIM encoder: Pre-LN Transformer (= full), post-LN (original) Trans
 import ml_collections
 
 from configs import mian
-from configs.common import Grid, apply_grid_arg, grid_identity, parse_grid_arg
+from configs.common import Grid, SearchSpace, apply_grid_arg, grid_identity, parse_grid_arg
 from ctrjax.models import default_config
 
 VARIANTS = {
@@ -73,3 +74,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 def get_grid(arg: str | None = None) -> Grid:
   return _config_and_grid(arg)[1]
+
+
+def get_search_space(arg: str | None = None) -> SearchSpace:
+  """The protocol 'tuned': MIAN's space (configs/mian.py) for every variant."""
+  return mian.get_search_space()

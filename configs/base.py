@@ -3,6 +3,7 @@
   ./run.sh configs/base.py                 # full run: up to 20 epochs, early stopping on valid AUC
   ./run.sh configs/base.py:quick           # 2 epochs, for a smoke test
   ./run.sh configs/base.py --config.model_name=lr --config.dataset.name=ml-100k
+  ./run.sh tune configs/base.py --trials 20  # tuned on valid AUC over get_search_space, then 5 seeds
 
 Prepares the dataset on first use (data/prepared/, cached), trains, reloads the best checkpoint
 and prints test AUC, GAUC and logloss; everything lands in workdirs/base[_ARG]/.
@@ -10,7 +11,7 @@ and prints test AUC, GAUC and logloss; everything lands in workdirs/base[_ARG]/.
 import ml_collections
 
 import data_prep
-from configs.common import parse_arg
+from configs.common import DEFAULT_SEARCH_SPACE, SearchSpace, parse_arg
 from ctrjax.models import default_config
 
 
@@ -61,3 +62,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if a["quick"]:
     c.num_epochs = 2
   return c
+
+
+def get_search_space(arg: str | None = None) -> SearchSpace:
+  """./run.sh tune's space: learning rate, mini-batch-aware embedding L2, MLP dropout and widths."""
+  return dict(DEFAULT_SEARCH_SPACE)

@@ -1,6 +1,6 @@
-"""What the config files share: their one argument parser, and the grid definition with the
+"""What the config files share: their one argument parser, the grid definition with the
 protocols and helpers of the grid configs (the runner and report are experiments/runner.py and
-experiments/report.py).
+experiments/report.py), and the search space of ``./run.sh tune`` (experiments/tune.py).
 
 A config's argument is the text after ``:`` in ``./run.sh configs/FILE.py:ARG``, comma-separated:
 ``parse_arg('quick,dataset=ml-100k', quick=False, dataset=('ml-latest-small', 'ml-100k'))``.
@@ -20,6 +20,11 @@ import data_prep
 FULL_SEEDS = (0, 1, 2, 3, 4)
 PROTOCOLS = {"quick": ((0, 1), 1),       # a smoke run: 2 seeds, 1 epoch
              "short": ((0, 1, 2), 3)}    # a grid too heavy for a small CPU: 3 seeds, at most 3 epochs
+# The grid protocol 'tuned' is no epoch cap: each variant is tuned (its own study of TUNED_TRIALS
+# trials, selected on valid), then its best setting trained with FULL_SEEDS, beside the grid's
+# ordinary runs (experiments/tune.py).
+TUNED = "tuned"
+TUNED_TRIALS = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +38,7 @@ class Grid:
   attention: tuple[str, str, tuple[str, ...]] | None = None  # (variant, attention key, token labels)
   relaimpr_metric: str = "auc"                     # RelaImpr on test AUC, or on GAUC (the DIN paper's)
   factorial: bool = False                          # variants are '<a>-<b>-<c>' levels: factorial.png
+  tuned: bool = False                              # protocol 'tuned': each variant tuned, then seeds
 
   def __post_init__(self):
     if self.reference not in self.variants:
@@ -80,10 +86,11 @@ def _config_file() -> str:
 
 
 def parse_grid_arg(arg: str | None, datasets: tuple[str, ...]) -> ml_collections.FrozenConfigDict:
-  """A grid config's argument: at most one of PROTOCOLS ('quick', 'short'), and/or 'dataset=NAME'
-  with NAME from ``datasets`` (default: the first) -> {protocol (a name or None), dataset}."""
-  a = parse_arg(arg, **{p: False for p in PROTOCOLS}, dataset=datasets)
-  protocols = [p for p in PROTOCOLS if a[p]]
+  """A grid config's argument: at most one of PROTOCOLS ('quick', 'short') or 'tuned', and/or
+  'dataset=NAME' with NAME from ``datasets`` (default: the first) -> {protocol (a name or None),
+  dataset}."""
+  a = parse_arg(arg, **{p: False for p in (*PROTOCOLS, TUNED)}, dataset=datasets)
+  protocols = [p for p in (*PROTOCOLS, TUNED) if a[p]]
   if len(protocols) > 1:
     raise ValueError(f"{_config_file()}: {protocols[0]!r} and {protocols[1]!r} are two protocols; pick one")
   return ml_collections.FrozenConfigDict({"protocol": protocols[0] if protocols else None,
@@ -95,15 +102,88 @@ def apply_grid_arg(config: ml_collections.ConfigDict,
   """A grid's run config from its parsed argument: the dataset, the protocol's epoch cap (early
   stopping still picks the best epoch), one progress line per run instead of a bar."""
   config.dataset = data_prep.switch_dataset(config.dataset, a["dataset"])
-  if a["protocol"]:
+  if a["protocol"] in PROTOCOLS:
     config.num_epochs = PROTOCOLS[a["protocol"]][1]
   config.progress_bar = False
   return config
 
 
 def grid_identity(name: str, a: ml_collections.FrozenConfigDict) -> dict:
-  """Grid name and seeds from the parsed argument: a protocol's seeds under ``<name>_<protocol>``,
-  else FULL_SEEDS under ``<name>``."""
+  """Grid name and seeds from the parsed argument: a protocol's seeds under ``<name>_<protocol>``
+  ('tuned': FULL_SEEDS, ``tuned`` set), else FULL_SEEDS under ``<name>``."""
+  if a["protocol"] == TUNED:
+    return {"name": f"{name}_{TUNED}", "seeds": FULL_SEEDS, "tuned": True}
   if a["protocol"]:
     return {"name": f"{name}_{a['protocol']}", "seeds": PROTOCOLS[a["protocol"]][0]}
   return {"name": name, "seeds": FULL_SEEDS}
+
+
+def untuned_arg(arg: str | None) -> str | None:
+  """A grid argument without 'tuned': the grid whose ordinary runs the tuned rows stand beside."""
+  return ",".join(t for t in (arg or "").split(",") if t and t != TUNED) or None
+
+
+# --- The search space of ./run.sh tune (experiments/tune.py) --------------------------------------
+# A config file may define ``get_search_space(arg) -> dict[dotted config key, LogUniform | Uniform |
+# Choice | Fixed]`` next to ``get_config``; without one, DEFAULT_SEARCH_SPACE applies.
+
+
+@dataclasses.dataclass(frozen=True)
+class LogUniform:
+  """A float drawn uniformly in log space from [lo, hi] (learning rates, L2 weights)."""
+  lo: float
+  hi: float
+
+  def __post_init__(self):
+    if not 0 < self.lo < self.hi:
+      raise ValueError(f"LogUniform({self.lo}, {self.hi}): needs 0 < lo < hi")
+
+
+@dataclasses.dataclass(frozen=True)
+class Uniform:
+  """A float drawn uniformly from [lo, hi] (dropout rates)."""
+  lo: float
+  hi: float
+
+  def __post_init__(self):
+    if not self.lo < self.hi:
+      raise ValueError(f"Uniform({self.lo}, {self.hi}): needs lo < hi")
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+  """One of ``values`` (e.g. MLP widths as tuples); a trial names it by ``label``."""
+  values: tuple
+
+  def __post_init__(self):
+    if len(self.values) < 2 or len(set(map(self.label, self.values))) != len(self.values):
+      raise ValueError(f"Choice{self.values}: needs two or more values with distinct labels")
+
+  @staticmethod
+  def label(value) -> str:
+    """A value's name in the study and trials.csv: '200-80' for (200, 80), str() otherwise."""
+    return "-".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Fixed:
+  """A value every trial sets (not searched), e.g. the regulariser mode its λ belongs to."""
+  value: Any
+
+
+SearchSpace = dict[str, LogUniform | Uniform | Choice | Fixed]
+
+# Configs that declare no space: Adam's learning rate, DIN's mini-batch-aware embedding L2 (eq. 7's
+# λ, ctrjax/train/regularizers.py), the prediction MLP's dropout and widths (MIAN's 32-8 to 400-200).
+DEFAULT_SEARCH_SPACE: SearchSpace = {
+    "optimizer.learning_rate": LogUniform(1e-4, 1e-2),
+    "regularizer.mode": Fixed("mba"),
+    "regularizer.weight": LogUniform(1e-5, 1e-1),
+    "model.dnn.dropout": Uniform(0.0, 0.5),
+    "model.dnn.hidden": Choice(((32, 8), (80, 40), (200, 80), (400, 200))),
+}
+
+
+def search_space(module, arg: str | None) -> SearchSpace:
+  """A config module's ``get_search_space(arg)``, or DEFAULT_SEARCH_SPACE if it declares none."""
+  return module.get_search_space(arg) if hasattr(module, "get_search_space") else dict(DEFAULT_SEARCH_SPACE)

@@ -1,6 +1,7 @@
 """Command line: ``python -m experiments.main run --config=FILE[:ARG] [--config.key=value]``,
-``python -m experiments.main report --config=GRID_FILE[:ARG]`` (a grid's tables from its finished runs) or
-``python -m experiments.main eval WORKDIR`` (see run.sh, which wraps them). It prepares the dataset
+``python -m experiments.main report --config=GRID_FILE[:ARG]`` (a grid's tables from its finished runs),
+``python -m experiments.main tune --config=FILE[:ARG] [--trials N] [--timeout S]`` (experiments/tune.py)
+or ``python -m experiments.main eval WORKDIR`` (see run.sh, which wraps them). It prepares the dataset
 (``data_prep.prepare``) and hands its path to the library.
 
 Multi-process (one process per host, e.g. on a GPU cluster): pass --coordinator_address,
@@ -13,17 +14,19 @@ import json
 import os
 import pathlib
 import re
+import shlex
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 import data_prep
+from configs import common
 from ctrjax.data.schema import SchemaError
 from ctrjax.errors import UserError
 from ctrjax.train import trainer
 from experiments import grid as grid_lib
-from experiments import report, runner
+from experiments import report, runner, tune
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:arg].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: config.workdir or workdirs/<config>).")
@@ -38,6 +41,12 @@ _RESTART = flags.DEFINE_string(
     "'latest' (the newest intact checkpoint) or a step number; prints what it changes.")
 _FRESH_OPTIMIZER = flags.DEFINE_bool(
     "fresh_optimizer_state", False, "With --restart_from: start the optimizer's moments afresh.")
+_TRIALS = flags.DEFINE_integer(
+    "trials", None, f"tune, or a grid's protocol 'tuned': trials per study (default {tune.DEFAULT_TRIALS} for "
+    f"tune, {common.TUNED_TRIALS} per variant for 'tuned').")
+_TIMEOUT = flags.DEFINE_float(
+    "timeout", None, "tune, or a grid's protocol 'tuned': start no trial after this many seconds; the best "
+    "is then chosen among the finished trials.")
 
 
 def load_config_module(filename: str):
@@ -65,8 +74,8 @@ def main(argv):
     if len(argv) != 3:
       raise UserError("usage: eval WORKDIR")
     return _eval(pathlib.Path(argv[2]))
-  if command not in ("run", "report"):
-    raise UserError(f"unknown command {command!r}; use 'run', 'report' or 'eval'")
+  if command not in ("run", "report", "tune"):
+    raise UserError(f"unknown command {command!r}; use 'run', 'report', 'tune' or 'eval'")
   config = _CONFIG.value
   if config is None:
     raise UserError(f"{command} needs --config=FILE[:ARG]")
@@ -77,8 +86,25 @@ def main(argv):
   explicit_workdir = _WORKDIR.value or config.workdir or None
   if grid is None and command == "report":
     raise UserError(f"report: {config_arg} is not a grid config (it defines no get_grid)")
+  if command == "tune" and grid is not None:
+    raise UserError(f"tune: {config_arg} is a grid; tune each variant with its protocol 'tuned': "
+                    f"./run.sh {config_arg.partition(':')[0]}:tuned[,...]")
+  tuning = command == "tune" or (grid is not None and grid.tuned)
+  for flag in (_TRIALS, _TIMEOUT):
+    if flag.value is not None and not tuning:
+      raise UserError(f"--{flag.name}: only for tune and a grid's protocol 'tuned'")
+  if _TRIALS.value is not None and _TRIALS.value < 1:
+    raise UserError(f"--trials={_TRIALS.value}: at least 1")
+  if tuning and _RESTART.value:
+    raise UserError("--restart_from: a study resumes its trials by itself; rerun the same command")
   trainer.validate_config(config)
   dataset_path = data_prep.prepare(config.dataset)
+  if command == "tune":
+    root, results = _tune_dirs(config_arg, config, module.get_config(arg), explicit_workdir)
+    _announce(jax, root)
+    tune.tune_config(config_arg, config, common.search_space(module, arg), root, results, dataset_path,
+                     _TRIALS.value or tune.DEFAULT_TRIALS, _TIMEOUT.value, _command(command))
+    return
   if grid is None:
     workdir = pathlib.Path(explicit_workdir or grid_lib.default_workdir(config_arg))
     _announce(jax, workdir)
@@ -90,12 +116,46 @@ def main(argv):
                                                 explicit_workdir)
   if overrides:
     print(f"overrides {json.dumps(overrides)}: runs in {root}, report in {results}", flush=True)
+  if command == "report" and grid.tuned:
+    raise UserError(f"report: the protocol 'tuned' writes its tables when it ends; rerun "
+                    f"./run.sh {config_arg} (finished trials and runs are reused)")
   if command == "report":
     runner.check_finished(config, grid, root)
     report.write_report(grid, root, results, dataset_path)
     return
   _announce(jax, root)
+  if grid.tuned:
+    paper_arg = common.untuned_arg(arg)
+    paper_config_arg = config_arg.partition(":")[0] + (f":{paper_arg}" if paper_arg else "")
+    paper_grid = module.get_grid(paper_arg)
+    paper_root, paper_results, _ = grid_lib.grid_dirs(paper_grid, paper_config_arg, config,
+                                                      module.get_config(paper_arg), explicit_workdir)
+    tune.tune_grid(config, grid, root, results, (paper_grid, paper_root, paper_results),
+                   common.search_space(module, arg), dataset_path, _TRIALS.value or common.TUNED_TRIALS,
+                   _TIMEOUT.value, _command(command))
+    return
   runner.run_grid(config, grid, root, results, dataset_path)
+
+
+def _tune_dirs(config_arg: str, config, default_config, workdir: str | None) -> tuple[pathlib.Path, pathlib.Path]:
+  """(study root, results directory) of ``tune --config=config_arg``: ``workdirs/tune/<sub>`` and
+  ``results/tune/<sub>`` with <sub> = ``<config>[_ARG]/<dataset label>[_ov-<digest of the --config.*
+  overrides>]``; with an explicit ``workdir`` that folder and ``<workdir>/results/tune/<sub>``."""
+  overrides, suffix = grid_lib.overrides_of(config, default_config)
+  sub = pathlib.Path("tune") / grid_lib.default_workdir(config_arg).name / (grid_lib.dataset_label(config.dataset) + suffix)
+  root, results = (pathlib.Path(workdir), pathlib.Path(workdir) / "results" / sub) if workdir else (
+      pathlib.Path("workdirs") / sub, pathlib.Path("results") / sub)
+  grid_lib.write_overrides([root, results], overrides)
+  if overrides:
+    print(f"overrides {json.dumps(overrides)}: studies in {root}, results in {results}", flush=True)
+  return root, results
+
+
+def _command(command: str) -> str:
+  """The ./run.sh command line of this call (recorded in the results), from its flags (sys.argv)."""
+  config_arg = config_flags.get_config_filename(flags.FLAGS["config"])
+  rest = [a for a in sys.argv[1:] if a != command and not a.startswith("--config=")]
+  return shlex.join(["./run.sh", *(["tune"] if command == "tune" else []), config_arg, *rest])
 
 
 def _restart() -> trainer.Restart | None:
