@@ -41,10 +41,13 @@ def _load(grid: Grid, root: pathlib.Path) -> dict[str, list[dict]]:
 def _check_comparable(grid: Grid, root: pathlib.Path, results: dict[str, list[dict]]) -> None:
   """Refuses runs whose configs differ in more than their variant's own override fields and the
   seed (e.g. runs of one grid trained at two learning rates): their Δ and p-values would compare
-  more than the variants. The UserError names two such runs and the fields."""
-  runs = [(workdir_of(root, v, seed), config_fields(r["config"]), {*grid.variants[v], "seed"})
+  more than the variants. An override of a subtree (ablation_din's ``model``) owns every field in
+  it. The UserError names two such runs and the fields."""
+  runs = [(workdir_of(root, v, seed), config_fields(r["config"]), (*grid.variants[v], "seed"))
           for v, rs in results.items() for seed, r in zip(grid.seeds, rs)]
   every_field, missing = set().union(*(fields for _, fields, _ in runs)), object()
+  owned = lambda keys: {f for f in every_field if any(f == k or f.startswith(k + ".") for k in keys)}
+  runs = [(workdir, fields, owned(keys)) for workdir, fields, keys in runs]
   first = {}                          # field -> (its value, the run) of the first run not overriding it
   for run in runs:
     workdir, fields, own = run

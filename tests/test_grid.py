@@ -304,3 +304,18 @@ def test_summarize_keeps_runs_of_different_configs_apart(grid_run):
   rows = table.splitlines()[2:]
   assert len(rows) == 2 and all("| 2 |" in r for r in rows)
   assert "model.pooling=mean" in table and "model.pooling=sum" in table
+
+
+def test_report_compares_variants_that_override_a_whole_subtree(tmp_path):
+  """ablation_din's variants replace config.model whole (LR has no model.dnn): those fields are the
+  variants' own, while a field outside them that differs is still refused."""
+  from configs import base
+  from ctrjax.models import default_config
+  grid = common.Grid(name="g", variants={"base": {}, "lr": {"model_name": "lr", "model": default_config("lr").to_dict()}},
+                     seeds=(0,), reference="base")
+  config = base.get_config()
+  runs = {v: [{"config": grid_lib.with_overrides(config, o, 0).to_dict()}] for v, o in grid.variants.items()}
+  report._check_comparable(grid, tmp_path, runs)
+  runs["lr"][0]["config"]["optimizer"]["learning_rate"] = 0.5
+  with pytest.raises(UserError, match=r"differ in \['optimizer.learning_rate'\]"):
+    report._check_comparable(grid, tmp_path, runs)
