@@ -527,7 +527,10 @@ def _side_by_side_markdown(grid, rows, tunings, space, dropped, results_dir, tri
         lines.append(f"| {v} | {setting} | {r['seeds']} | {pm(r, 'auc')} | {pm(r, 'gauc')} | {pm(r, 'logloss')} "
                      f"| {r['delta_auc']:+.4f} | {p_text(r['p_value'])} | {rank[v, setting]} | {vs_paper} "
                      f"| {'' if setting == 'paper' else p_text(r['p_vs_paper'])} | {r['best_epoch_mean']:.1f} |")
-    lines.append("")
+    orders = {setting: " > ".join(v for (v, s), _ in sorted(rank.items(), key=lambda kv: kv[1]) if s == setting)
+              for setting in ("paper", "tuned")}
+    lines += ["", f"Order by test AUC, paper: {orders['paper']}; tuned: {orders['tuned']}"
+              + (" (the same)." if orders["paper"] == orders["tuned"] else " (changed)."), ""]
   lines += ["## Tuned settings", "", "Search space: " + "; ".join(f"`{k}` {d!r}" for k, d in space.items()) + ".", ""]
   for v, keys in dropped.items():
     lines.append(f"* {v}: not searched (its config has no such field): {', '.join(f'`{k}`' for k in keys)}")
