@@ -113,7 +113,9 @@ class Tuning:
     folder = pathlib.Path(root) / f"study-{digest}"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "study.json").write_text(json.dumps(identity, indent=1, sort_keys=True) + "\n")
-    return cls(label, base, space, folder, pathlib.Path(dataset_path))
+    tuning = cls(label, base, space, folder, pathlib.Path(dataset_path))
+    optuna.create_study(study_name=folder.name, storage=tuning.storage(), direction="maximize", load_if_exists=True)
+    return tuning
 
   # --- The study --------------------------------------------------------------------------------
   def storage(self) -> optuna.storages.JournalStorage:
@@ -125,10 +127,11 @@ class Tuning:
     return self._storage
 
   def study(self, sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
-    return optuna.create_study(
-        study_name=self.folder.name, storage=self.storage(), direction="maximize", load_if_exists=True,
-        sampler=sampler, pruner=optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS,
-                                                            n_warmup_steps=PRUNER_WARMUP_EPOCHS))
+    """The study (``create`` made it), with ``sampler`` (for ``ask``) and the median pruner."""
+    return optuna.load_study(
+        study_name=self.folder.name, storage=self.storage(), sampler=sampler,
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS,
+                                           n_warmup_steps=PRUNER_WARMUP_EPOCHS))
 
   def trials(self) -> list[optuna.trial.FrozenTrial]:
     return self.study().get_trials(deepcopy=False)
@@ -272,11 +275,11 @@ class Tuning:
     finished = runner.check_finished(self.base, grid, root)
     jobs = []
     for variant, seed, workdir in grid_lib.runs(grid, root):
-      def train(seed=seed, workdir=workdir):
+      def train(variant=variant, seed=seed, workdir=workdir):
         trainer.train_and_evaluate(grid_lib.with_overrides(self.base, grid.variants[variant], seed), workdir,
                                    self.dataset_path)
       jobs.append(runner._Job(f"{self.label} {variant} seed {seed}", root / variant / f".seed{seed}.lock",
-                              lambda s=seed: finished(variant, s), lambda w=workdir: f"running in {w}", train))
+                              lambda v=variant, s=seed: finished(v, s), lambda w=workdir: f"running in {w}", train))
     return jobs
 
   def seed_runs(self, seeds=FULL_SEEDS) -> list[dict]:
@@ -442,10 +445,10 @@ def tune_grid(config: ml_collections.ConfigDict, grid: Grid, root: pathlib.Path,
   kept = {v: split_space(base, space) for v, base in bases.items()}
   nowhere = [k for k in space if all(k in dropped for _, dropped in kept.values())]
   if nowhere:       # a key no variant has is a typo: named as for one config
-    check_space(bases[grid.reference], {nowhere[0]: space[nowhere[0]]}, f"{grid.name} (every variant)")
+    check_space(bases[grid.reference], {nowhere[0]: space[nowhere[0]]}, f"{grid.name}, every variant")
   tunings = {}
   for variant, base in bases.items():
-    check_space(base, kept[variant][0], variant)
+    check_space(base, kept[variant][0], f"{grid.name}, variant {variant}")
     tunings[variant] = Tuning.create(variant, base, kept[variant][0], root / variant, dataset_path)
   print(f"{len(tunings)} studies of {trials} trials under {root}; results in {results_dir}", flush=True)
   deadline = _deadline(timeout)
@@ -538,8 +541,7 @@ def _side_by_side_markdown(grid, rows, tunings, space, dropped, results_dir, tri
   lines += ["| variant | trials | best trial | valid AUC | setting |", "|---|---|---|---|---|"]
   for v, tuning in tunings.items():
     best = tuning.best()
-    counts = sum(1 for _ in tuning.trials())
-    lines.append(f"| {v} | {counts} | {best.number if best else '—'} | {f'{best.value:.4f}' if best else '—'} | "
+    lines.append(f"| {v} | {len(tuning.trials())} | {best.number if best else '—'} | {f'{best.value:.4f}' if best else '—'} | "
                  f"{_params_text(tuning.values(best.params), tuning.space) if best else '—'} |")
   lines += ["", f"Per variant: `<variant>/` (trials.csv, best.json, table.md, figures). Command: `{command}`", ""]
   return "\n".join(lines)
