@@ -3,6 +3,7 @@
   ./run.sh configs/ablation_din_reg.py                  # ml-latest-small, 5 seeds
   ./run.sh configs/ablation_din_reg.py:dataset=ml-100k
   ./run.sh configs/ablation_din_reg.py:quick
+  ./run.sh configs/ablation_din_reg.py:tuned,dataset=ml-100k   # each variant tuned alike (not its regulariser)
 
 Variants (all BaseModel with item ids, configs/base.py):
   none     no regularisation;
@@ -19,7 +20,7 @@ against 'none'.
 import ml_collections
 
 from configs import base
-from configs.common import Grid, apply_grid_arg, grid_identity, parse_grid_arg
+from configs.common import Grid, SearchSpace, apply_grid_arg, grid_identity, parse_grid_arg
 
 DATASETS = ("ml-latest-small", "ml-100k")
 FILTER_TOP_K = 1_000
@@ -49,3 +50,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 def get_grid(arg: str | None = None) -> Grid:
   return _config_and_grid(arg)[1]
+
+
+def get_search_space(arg: str | None = None) -> SearchSpace:
+  """The protocol 'tuned': base's space less the regulariser, which is what this grid compares
+  (each variant keeps its own): learning rate, MLP dropout and widths."""
+  return {k: d for k, d in base.get_search_space().items() if not k.startswith("regularizer.")}

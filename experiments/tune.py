@@ -30,6 +30,7 @@ import json
 import math
 import pathlib
 import time
+from typing import Collection
 
 import ml_collections
 import numpy as np
@@ -82,12 +83,16 @@ def _extremes(dist) -> list:
   return list(dist.values) if isinstance(dist, Choice) else [dist.value]
 
 
-def split_space(config: ml_collections.ConfigDict, space: SearchSpace) -> tuple[SearchSpace, list[str]]:
-  """(the keys of ``space`` that ``config`` has, the others): a grid variant's space (LR has no
-  model.dnn, so its MLP keys are dropped)."""
+def split_space(config: ml_collections.ConfigDict, space: SearchSpace,
+                overrides: Collection[str] = ()) -> tuple[SearchSpace, dict[str, str]]:
+  """A grid variant's space: (the keys of ``space`` it searches, {each other key: why not}). Its
+  ``config`` may lack a key (LR has no model.dnn), or its ``overrides`` set it: a factor of the
+  grid (mian_factorial's model.dnn.hidden) keeps the variant's value."""
   flat = grid_lib.config_fields(config)
   has = lambda key: key in flat or any(k.startswith(key + ".") for k in flat)
-  return {k: d for k, d in space.items() if has(k)}, [k for k in space if not has(k)]
+  dropped = {k: "its config has no such field" for k in space if not has(k)}
+  dropped.update({k: "the variant sets it" for k in space if k in overrides and k not in dropped})
+  return {k: d for k, d in space.items() if k not in dropped}, dropped
 
 
 def describe_space(space: SearchSpace) -> dict[str, str]:
@@ -442,9 +447,10 @@ def tune_grid(config: ml_collections.ConfigDict, grid: Grid, root: pathlib.Path,
   paper_grid, paper_root, paper_results = paper
   runner.run_grid(config, paper_grid, paper_root, paper_results, dataset_path)
   bases = {v: grid_lib.with_overrides(config, overrides, config.seed) for v, overrides in grid.variants.items()}
-  kept = {v: split_space(base, space) for v, base in bases.items()}
-  nowhere = [k for k in space if all(k in dropped for _, dropped in kept.values())]
-  if nowhere:       # a key no variant has is a typo: named as for one config
+  kept = {v: split_space(base, space, grid.variants[v]) for v, base in bases.items()}
+  lacking = lambda key, dropped: dropped.get(key, "").startswith("its config")
+  nowhere = [k for k in space if all(lacking(k, dropped) for _, dropped in kept.values())]
+  if nowhere:       # a key no variant's config has is a typo: named as for one config
     check_space(bases[grid.reference], {nowhere[0]: space[nowhere[0]]}, f"{grid.name}, every variant")
   tunings = {}
   for variant, base in bases.items():
@@ -469,7 +475,7 @@ def tune_grid(config: ml_collections.ConfigDict, grid: Grid, root: pathlib.Path,
 
 
 def write_side_by_side(grid: Grid, paper_runs: dict[str, list[dict]], tuned_runs: dict[str, list[dict]],
-                       tunings: dict[str, Tuning], space: SearchSpace, dropped: dict[str, list[str]],
+                       tunings: dict[str, Tuning], space: SearchSpace, dropped: dict[str, dict[str, str]],
                        results_dir: pathlib.Path, trials: int, paper_results: pathlib.Path,
                        command: str) -> list[dict]:
   """table.md and table.csv: each variant's paper-setting row and tuned row, Δ and Welch p against
@@ -536,7 +542,7 @@ def _side_by_side_markdown(grid, rows, tunings, space, dropped, results_dir, tri
               + (" (the same)." if orders["paper"] == orders["tuned"] else " (changed)."), ""]
   lines += ["## Tuned settings", "", "Search space: " + "; ".join(f"`{k}` {d!r}" for k, d in space.items()) + ".", ""]
   for v, keys in dropped.items():
-    lines.append(f"* {v}: not searched (its config has no such field): {', '.join(f'`{k}`' for k in keys)}")
+    lines.append(f"* {v}: not searched: " + ", ".join(f"`{k}` ({why})" for k, why in keys.items()))
   lines += [""] if dropped else []
   lines += ["| variant | trials | best trial | valid AUC | setting |", "|---|---|---|---|---|"]
   for v, tuning in tunings.items():

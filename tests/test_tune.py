@@ -13,7 +13,7 @@ import numpy as np
 import optuna
 import pytest
 
-from configs import ablation_din, ablation_mian, base, common, din, mian
+from configs import ablation_din, ablation_mian, base, common, din, mian, mian_factorial
 from configs.common import Choice, Fixed, LogUniform, Uniform
 from ctrjax.errors import ConfigError
 from data_prep import synthetic
@@ -166,7 +166,7 @@ def test_tuned_grid_writes_paper_and_tuned_rows_side_by_side(grid_config, tmp_pa
     for setting in ("paper", "tuned"):
       assert f"| {variant} | {setting} | 2 |" in markdown
     assert (results / variant / "trials.csv").is_file() and (results / variant / "best.json").is_file()
-  assert "lr: not searched (its config has no such field): `model.dnn.hidden`" in markdown
+  assert "lr: not searched: `model.dnn.hidden` (its config has no such field)" in markdown
   assert (work / "results" / "toy_grid" / "ds" / "table.md").is_file()             # the paper grid's report
   rows = {(r["variant"], r["setting"]): r for r in csv.DictReader(open(results / "table.csv"))}
   best = json.loads((results / "lr" / "best.json").read_text())
@@ -248,9 +248,13 @@ def test_the_configs_spaces_fit_their_configs_and_grids_drop_what_a_variant_lack
   grid, config = ablation_din.get_grid("tuned,dataset=ml-100k"), ablation_din.get_config("tuned")
   assert (grid.name, grid.seeds, grid.tuned, config.num_epochs) == ("ablation_din_tuned", common.FULL_SEEDS, True, 20)
   space = common.search_space(ablation_din, "tuned")
-  dropped = {v: tune.split_space(tune.grid_lib.with_overrides(config, o, 0), space)[1] for v, o in grid.variants.items()}
-  assert dropped["lr"] == ["model.dnn.dropout", "model.dnn.hidden"] and not any(
+  dropped = {v: tune.split_space(tune.grid_lib.with_overrides(config, o, 0), space, o)[1]
+             for v, o in grid.variants.items()}
+  assert list(dropped["lr"]) == ["model.dnn.dropout", "model.dnn.hidden"] and not any(
       keys for v, keys in dropped.items() if v != "lr")
+  factorial = mian_factorial.get_grid(None).variants["mlp200_80-gim_off-full"]
+  kept, dropped = tune.split_space(mian.get_config(), mian.get_search_space(), factorial)
+  assert dropped == {"model.dnn.hidden": "the variant sets it"} and "model.dnn.dropout" in kept
   assert ablation_mian.get_grid("tuned").tuned and not ablation_mian.get_grid("quick").tuned
   assert common.untuned_arg("tuned,dataset=ml-100k") == "dataset=ml-100k" and common.untuned_arg("tuned") is None
   with pytest.raises(ValueError, match="pick one"):
