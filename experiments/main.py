@@ -100,7 +100,7 @@ def main(argv):
   trainer.validate_config(config)
   dataset_path = data_prep.prepare(config.dataset)
   if command == "tune":
-    root, results = _tune_dirs(config_arg, config, module.get_config(arg), explicit_workdir)
+    root, results = tune.tune_dirs(config_arg, config, module.get_config(arg), explicit_workdir)
     _announce(jax, root)
     tune.tune_config(config_arg, config, common.search_space(module, arg), root, results, dataset_path,
                      _TRIALS.value or tune.DEFAULT_TRIALS, _TIMEOUT.value, _command(command))
@@ -135,20 +135,6 @@ def main(argv):
                    _TIMEOUT.value, _command(command))
     return
   runner.run_grid(config, grid, root, results, dataset_path)
-
-
-def _tune_dirs(config_arg: str, config, default_config, workdir: str | None) -> tuple[pathlib.Path, pathlib.Path]:
-  """(study root, results directory) of ``tune --config=config_arg``: ``workdirs/tune/<sub>`` and
-  ``results/tune/<sub>`` with <sub> = ``<config>[_ARG]/<dataset label>[_ov-<digest of the --config.*
-  overrides>]``; with an explicit ``workdir`` that folder and ``<workdir>/results/tune/<sub>``."""
-  overrides, suffix = grid_lib.overrides_of(config, default_config)
-  sub = pathlib.Path("tune") / grid_lib.default_workdir(config_arg).name / (grid_lib.dataset_label(config.dataset) + suffix)
-  root, results = (pathlib.Path(workdir), pathlib.Path(workdir) / "results" / sub) if workdir else (
-      pathlib.Path("workdirs") / sub, pathlib.Path("results") / sub)
-  grid_lib.write_overrides([root, results], overrides)
-  if overrides:
-    print(f"overrides {json.dumps(overrides)}: studies in {root}, results in {results}", flush=True)
-  return root, results
 
 
 def _command(command: str) -> str:

@@ -413,6 +413,23 @@ def _plot_importance(study: optuna.Study, path: pathlib.Path, title: str) -> Non
 
 
 # --- Commands ------------------------------------------------------------------------------------
+def tune_dirs(config_arg: str, config: ml_collections.ConfigDict, default_config: ml_collections.ConfigDict,
+              workdir: str | None = None) -> tuple[pathlib.Path, pathlib.Path]:
+  """(study root, results directory) of ``tune --config=config_arg``: ``workdirs/tune/<sub>`` and
+  ``results/tune/<sub>``, <sub> = ``<config>[_ARG]/<dataset label>[_ov-<digest of the --config.*
+  overrides>]`` (experiments/grid.py ``overrides_of``); with an explicit ``workdir``, that folder
+  and ``<workdir>/results/tune/<sub>``."""
+  overrides, suffix = grid_lib.overrides_of(config, default_config)
+  sub = (pathlib.Path("tune") / grid_lib.default_workdir(config_arg).name
+         / (grid_lib.dataset_label(config.dataset) + suffix))
+  root, results = (pathlib.Path(workdir), pathlib.Path(workdir) / "results" / sub) if workdir else (
+      pathlib.Path("workdirs") / sub, pathlib.Path("results") / sub)
+  grid_lib.write_overrides([root, results], overrides)
+  if overrides:
+    print(f"overrides {json.dumps(overrides)}: studies in {root}, results in {results}", flush=True)
+  return root, results
+
+
 def _deadline(timeout: float | None) -> float:
   return time.time() + timeout if timeout else math.inf
 
@@ -547,7 +564,8 @@ def _side_by_side_markdown(grid, rows, tunings, space, dropped, results_dir, tri
   lines += ["| variant | trials | best trial | valid AUC | setting |", "|---|---|---|---|---|"]
   for v, tuning in tunings.items():
     best = tuning.best()
-    lines.append(f"| {v} | {len(tuning.trials())} | {best.number if best else '—'} | {f'{best.value:.4f}' if best else '—'} | "
-                 f"{_params_text(tuning.values(best.params), tuning.space) if best else '—'} |")
+    found = ([str(best.number), f"{best.value:.4f}", _params_text(tuning.values(best.params), tuning.space)]
+             if best else ["—"] * 3)
+    lines.append(f"| {v} | {len(tuning.trials())} | " + " | ".join(found) + " |")
   lines += ["", f"Per variant: `<variant>/` (trials.csv, best.json, table.md, figures). Command: `{command}`", ""]
   return "\n".join(lines)
