@@ -30,7 +30,7 @@ import json
 import math
 import pathlib
 import time
-from typing import Collection
+from collections.abc import Collection
 
 import ml_collections
 import numpy as np
