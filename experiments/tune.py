@@ -341,7 +341,7 @@ class Tuning:
 
   def _markdown(self, summary: dict, runs: list[dict]) -> str:
     counts = ", ".join(f"{n} {state}" for state, n in summary["trials"].items())
-    lines = [f"# {self.label} tuned on {pathlib.Path(str(self.dataset_path)).name}", "",
+    lines = [f"# {self.label} tuned on {grid_lib.dataset_label(self.base.dataset)}", "",
              f"Study `{self.folder}`: {sum(summary['trials'].values())} trials ({counts}), each trained "
              f"with seed {TRIAL_SEED}; selection: the complete trial of highest validation AUC.", ""]
     if summary["best_trial"] is None:
