@@ -46,23 +46,28 @@ def packed_row_bytes(layout) -> int:
   return 4 * sum(math.prod(shape) for spec in (layout.ints, layout.floats) for _, _, shape in spec)
 
 
-def resolve_placement(setup, devices: int) -> tuple[str, str]:
-  """(``host`` or ``device``, the reason as a log line) for ``setup.config.loader``'s placement,
-  the train split spread over ``devices`` devices."""
-  cfg = setup.config.loader
-  placement = cfg.placement
-  total = setup.dataset.num_rows("train") * packed_row_bytes(setup.layout)
-  per_device = total / devices
+def choose_placement(placement: str, split_bytes: int, devices: int, bytes_limit: int | None,
+                     share: float) -> tuple[str, str]:
+  """(``host`` or ``device``, the reason as a log line) for ``placement`` with a packed train split
+  of ``split_bytes`` spread over ``devices`` devices of ``bytes_limit`` memory each (None: unknown)."""
+  per_device = split_bytes / devices
+  size = f"packed train split {split_bytes / 2**20:,.1f} MiB, {per_device / 2**20:,.1f} MiB per device"
   if placement != "auto":
-    return placement, f"loader: placement {placement} (packed train split {total / 2**20:,.1f} MiB)"
-  limit = (setup.mesh.devices.flat[0].memory_stats() or {}).get("bytes_limit")
-  if not limit:
-    return "host", (f"loader: placement auto -> host ({setup.mesh.devices.flat[0].platform} devices "
-                    f"report no memory limit)")
-  chosen = "device" if per_device <= cfg.device_memory_share * limit else "host"
-  return chosen, (f"loader: placement auto -> {chosen} (packed train split {per_device / 2**20:,.1f} "
-                  f"MiB per device, {per_device / limit:.1%} of {limit / 2**30:,.1f} GiB; "
-                  f"config.loader.device_memory_share {cfg.device_memory_share})")
+    return placement, f"loader: placement {placement} ({size})"
+  if not bytes_limit:
+    return "host", f"loader: placement auto -> host (the devices report no memory limit; {size})"
+  chosen = "device" if per_device <= share * bytes_limit else "host"
+  return chosen, (f"loader: placement auto -> {chosen} ({size}: {per_device / bytes_limit:.1%} of "
+                  f"{bytes_limit / 2**30:,.1f} GiB per device; config.loader.device_memory_share {share})")
+
+
+def resolve_placement(setup) -> tuple[str, str]:
+  """``choose_placement`` for ``setup``'s config, train split and mesh (the first device's
+  ``memory_stats()["bytes_limit"]``; CPU devices report none)."""
+  stats = setup.mesh.devices.flat[0].memory_stats() or {}
+  return choose_placement(setup.config.loader.placement,
+                          setup.dataset.num_rows("train") * packed_row_bytes(setup.layout), setup.mesh.size,
+                          stats.get("bytes_limit"), setup.config.loader.device_memory_share)
 
 
 class HostFeed:
@@ -103,6 +108,8 @@ class DeviceFeed:
       return jit(call)
 
     self.calls = {n: steps(n) for n in {1, steps_per_call}}
+    self._gather = jax.jit(lambda data, order, first: gather(data, jax.lax.dynamic_slice_in_dim(
+        order, first * self.batch_size, self.batch_size, axis=-1)))
     self.position = 0
     self._epoch, self._order = None, None
 
@@ -135,6 +142,12 @@ class DeviceFeed:
       self._order = jax.make_array_from_callback(order.shape, sharding, lambda index: order[index])
       self._epoch = epoch
     return self._order
+
+  def batch(self, index: int) -> dict:
+    """The packed batch of step ``index``, as the train step sees it (the host loader's
+    ``Setup.to_device(source[index])``; a stacked program's: each seed's, stacked)."""
+    epoch, first = divmod(index, self.steps_per_epoch)
+    return self._gather(self.data, self._epoch_order(epoch), first)
 
   def steps(self, state, rng, n: int):
     """``n`` train steps from the current position (``HostFeed.steps``)."""
@@ -191,7 +204,7 @@ def make_feed(setup, sources: Sequence[loader.EpochBatchSource], stacked: bool, 
   else:
     step = step_lib.packed_train_step(setup.layout, setup.regularizer, setup.embeddings)
     jit = lambda f: step_lib.jit_train(f, setup.mesh)    # noqa: E731
-  placement, line = resolve_placement(setup, setup.mesh.size)
+  placement, line = resolve_placement(setup)
   if jax.process_index() == 0:
     print(line + (f"; {k} steps per call" if k > 1 else ""), flush=True)
   if placement == "device":
