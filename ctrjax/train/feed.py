@@ -62,12 +62,19 @@ def choose_placement(placement: str, split_bytes: int, devices: int, bytes_limit
 
 
 def resolve_placement(setup) -> tuple[str, str]:
-  """``choose_placement`` for ``setup``'s config, train split and mesh (the first device's
-  ``memory_stats()["bytes_limit"]``; CPU devices report none)."""
-  stats = setup.mesh.devices.flat[0].memory_stats() or {}
-  return choose_placement(setup.config.loader.placement,
-                          setup.dataset.num_rows("train") * packed_row_bytes(setup.layout), setup.mesh.size,
-                          stats.get("bytes_limit"), setup.config.loader.device_memory_share)
+  """``choose_placement`` for ``setup``'s config, train split and mesh (for auto, the memory limit
+  of this process's first device of the mesh, ``memory_stats()["bytes_limit"]``; CPU devices
+  report none)."""
+  cfg = setup.config.loader
+  local = [d for d in setup.mesh.devices.flat if d.process_index == jax.process_index()]
+  limit = (local[0].memory_stats() or {}).get("bytes_limit") if cfg.placement == "auto" else None
+  return choose_placement(cfg.placement, setup.dataset.num_rows("train") * packed_row_bytes(setup.layout),
+                          setup.mesh.size, limit, cfg.device_memory_share)
+
+
+def call_size(step: int, steps_per_epoch: int, steps_per_call: int) -> int:
+  """Steps of the call that starts at ``step``: K if they end by the epoch's end, else 1."""
+  return steps_per_call if step % steps_per_epoch + steps_per_call <= steps_per_epoch else 1
 
 
 class HostFeed:

@@ -481,10 +481,9 @@ class EpochLoop:
     try:
       while step < self.total_steps and (self.live or self.parked):
         self._unpark(step)
-        n = self.program.steps_per_call
-        if n > 1 and (step % steps_per_epoch + n > steps_per_epoch     # calls never cross an epoch end
-                      or any(step < self.runs[k].progress.step < step + n for k in self.parked)):  # nor a
-          n = 1                                                       # parked run's step
+        n = feed_lib.call_size(step, steps_per_epoch, self.program.steps_per_call)
+        if any(step < self.runs[k].progress.step < step + n for k in self.parked):
+          n = 1                                   # a call never steps over a parked run's step
         self.state, step_metrics = self.program.feed.steps(self.state, self.rngs, n)
         step += n
         for k in self.live:
