@@ -203,7 +203,8 @@ def upload_train_split(setup) -> dict:
 def make_feed(setup, sources: Sequence[loader.EpochBatchSource], stacked: bool, host_batches: Callable):
   """The feed of a program over ``sources`` (one per run; ``stacked``: a seed group's), placed as
   ``config.loader.placement`` says, ``config.steps_per_call`` steps per call; ``host_batches()``
-  gives the host placement's grain iterator. Prints the placement line on process 0."""
+  gives the host placement's grain iterator. Prints the placement line on process 0 unless the
+  feed is the default one (host, one step per call)."""
   config = setup.config
   k = config.steps_per_call
   if stacked:
@@ -212,7 +213,7 @@ def make_feed(setup, sources: Sequence[loader.EpochBatchSource], stacked: bool, 
     step = step_lib.packed_train_step(setup.layout, setup.regularizer, setup.embeddings)
     jit = lambda f: step_lib.jit_train(f, setup.mesh)    # noqa: E731
   placement, line = resolve_placement(setup)
-  if jax.process_index() == 0:
+  if jax.process_index() == 0 and (config.loader.placement != "host" or k > 1):   # else: as always
     print(line + (f"; {k} steps per call" if k > 1 else ""), flush=True)
   if placement == "device":
     return DeviceFeed(setup, sources, step, jit, k, stacked)
