@@ -143,7 +143,7 @@ class DeviceFeed:
     stacked), replicated; the loader draws it (``EpochBatchSource``), one transfer per epoch."""
     if self._epoch != epoch:
       span = self.steps_per_epoch * self.batch_size
-      orders = np.stack([src._order(epoch)[:span].astype(np.int32) for src in self.sources])
+      orders = np.stack([src.order(epoch)[:span].astype(np.int32) for src in self.sources])
       order = orders if self.stacked else orders[0]
       sharding = mesh_lib.replicated(self.mesh)
       self._order = jax.make_array_from_callback(order.shape, sharding, lambda index: order[index])
