@@ -56,7 +56,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 1000
   c.log_every_steps = 50
   c.progress_bar = True
-  c.loader = ml_collections.ConfigDict(dict(num_threads=2, prefetch=16))
+  c.steps_per_call = 1                 # train steps per jitted call (lax.scan; ctrjax/train/feed.py)
+  c.loader = ml_collections.ConfigDict(dict(
+      num_threads=2, prefetch=16,      # the host loader's read threads and prefetched batches
+      placement="host",                # host | device (train split on the device(s)) | auto: device
+      device_memory_share=0.25))       # when it fits this share of a device's memory (feed.py)
   c.debug = ml_collections.ConfigDict(dict(kill_at_step=-1))   # fault injection (tests)
 
   if a["quick"]:

@@ -60,7 +60,30 @@ def load_config_module(filename: str):
   return module
 
 
+def share_device(environ) -> str | None:
+  """``CTRJAX_WORKERS_PER_DEVICE=N`` (N grid or tune workers sharing each accelerator) sets, in
+  ``environ`` and unless already set, ``XLA_PYTHON_CLIENT_PREALLOCATE=false`` and
+  ``XLA_PYTHON_CLIENT_MEM_FRACTION=0.9/N``: each process then takes at most its share of the
+  device's memory, as it needs it (jax reads both when it creates its backend: docs/training.md).
+  Returns what it set, as a line to print (None without the variable)."""
+  workers = environ.get("CTRJAX_WORKERS_PER_DEVICE", "")
+  if not workers:
+    return None
+  if not workers.isdigit() or int(workers) < 1:
+    raise UserError(f"CTRJAX_WORKERS_PER_DEVICE={workers!r}: expected an integer >= 1")
+  set_here = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+  if not (environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION") or environ.get("XLA_CLIENT_MEM_FRACTION")):
+    set_here["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.9 / int(workers):.3g}"
+  set_here = {k: v for k, v in set_here.items() if k not in environ}
+  environ.update(set_here)
+  return (f"CTRJAX_WORKERS_PER_DEVICE={workers}: " + " ".join(f"{k}={v}" for k, v in set_here.items())
+          if set_here else f"CTRJAX_WORKERS_PER_DEVICE={workers}: the XLA_* memory variables were already set")
+
+
 def main(argv):
+  line = share_device(os.environ)       # before jax creates its backend
+  if line:
+    print(line, flush=True)
   # orbax logs every save/restore at INFO; keep the console to our progress bar and results.
   logging.set_verbosity(logging.WARNING)
   logging.get_absl_handler().addFilter(lambda r: "did not provide metrics" not in r.getMessage())

@@ -3,7 +3,8 @@
 Outputs in the results directory that experiments/grid.py ``grid_dirs`` names (``results/<grid
 name>/<dataset label>[_ov-<digest of the --config.* overrides>]/``): ``table.md``, ``table.csv``
 (per variant: test AUC, GAUC and logloss mean ± std over seeds, Δ AUC vs the reference, Welch
-t-test p-value of AUC vs the reference, RelaImpr, seconds per epoch, parameters excluding
+t-test p-value of AUC vs the reference, RelaImpr, seconds per epoch, compile seconds (ctrjax/train/
+trainer.py CompileClock; — for runs from before it was recorded), parameters excluding
 embeddings), ``ablation.png`` (bars with error bars), ``curves.png`` (validation AUC/logloss per
 epoch) and ``attention.png`` (a model's attention weights over 14 random test samples) where the
 grid asks for them. Runs whose configs differ in more than their variant and seed share no table.
@@ -80,6 +81,8 @@ def table_rows(grid: Grid, results: dict[str, list[dict]]) -> list[dict]:
                       else float(stats.ttest_ind(auc, ref_auc, equal_var=False).pvalue))
     row["rela_impr_pct"] = ((row[f"{grid.relaimpr_metric}_mean"] - 0.5) / (ref_relaimpr - 0.5) - 1.0) * 100.0
     row["seconds_per_epoch"] = float(np.mean([r["seconds_per_epoch"] for r in rs]))
+    # runs trained before result.json recorded compile seconds have none: NaN, "—" in table.md
+    row["compile_seconds"] = float(np.mean([r.get("compile_seconds", np.nan) for r in rs]))
     row["params_excl_embeddings"] = rs[0]["parameters_excluding_embeddings"]
     row["best_epoch_mean"] = float(np.mean([r["best_epoch"] for r in rs]))
     rows.append(row)
@@ -97,7 +100,7 @@ def _markdown(grid: Grid, rows: list[dict], title: str) -> str:
   sections = grid.sections or {"": tuple(by_name)}
   pending = [v for v in grid.variants if v not in by_name]
   head = ("| variant | seeds | test AUC | test GAUC | test logloss | Δ AUC | p (Welch, AUC) "
-          f"| RelaImpr ({grid.relaimpr_metric.upper()}) | s/epoch | params (excl. emb.) | best epoch |")
+          f"| RelaImpr ({grid.relaimpr_metric.upper()}) | s/epoch | compile s | params (excl. emb.) | best epoch |")
   lines = [f"# {title}", "",
            f"Mean ± std over seeds; Δ, p and RelaImpr against `{grid.reference}`. p < 0.05 marked *.", ""]
   if pending:
@@ -108,14 +111,16 @@ def _markdown(grid: Grid, rows: list[dict], title: str) -> str:
       continue
     if section:
       lines += [f"## {section}", ""]
-    lines += [head, "|" + "---|" * 11]
+    lines += [head, "|" + "---|" * 12]
     for v in variants:
       r = by_name[v]
       p = r["p_value"]
       p_text = "—" if np.isnan(p) else f"{p:.3g}{' *' if p < 0.05 else ''}"
+      compile_text = "—" if np.isnan(r["compile_seconds"]) else f"{r['compile_seconds']:.1f}"
       lines.append(
           f"| {v} | {r['seeds']} | {_pm(r, 'auc')} | {_pm(r, 'gauc')} | {_pm(r, 'logloss')} | {r['delta_auc']:+.4f} "
           f"| {p_text} | {r['rela_impr_pct']:+.2f} % | {r['seconds_per_epoch']:.1f} | "
+          f"{compile_text} | "
           f"{r['params_excl_embeddings']:,} | {r['best_epoch_mean']:.1f} |")
     lines.append("")
   return "\n".join(lines)

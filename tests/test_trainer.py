@@ -109,6 +109,7 @@ def _result(workdir):
   r = json.loads((pathlib.Path(workdir) / "result.json").read_text())
   r.pop("resumed_from_step")
   r.pop("seconds_per_epoch")
+  r.pop("compile_seconds")
   return r
 
 

@@ -66,7 +66,8 @@ class EpochBatchSource(grain.sources.RandomAccessDataSource):
   def __len__(self) -> int:
     return self.batches_per_epoch * self.num_epochs
 
-  def _order(self, epoch: int) -> np.ndarray:
+  def order(self, epoch: int) -> np.ndarray:
+    """The rows of ``epoch`` in their training order (batch b: rows [b * B, (b+1) * B))."""
     if not self.shuffle:
       return np.arange(self.num_rows)
     if self._perm_epoch != epoch:
@@ -78,7 +79,7 @@ class EpochBatchSource(grain.sources.RandomAccessDataSource):
     if self._dataset is None:
       self._dataset = Dataset(self.dataset_path, validate=False)
     epoch, b = divmod(int(index), self.batches_per_epoch)
-    rows = self._order(epoch)[b * self.batch_size:(b + 1) * self.batch_size]
+    rows = self.order(epoch)[b * self.batch_size:(b + 1) * self.batch_size]
     weight = np.ones(self.batch_size, np.float32)
     if len(rows) < self.batch_size:
       weight[len(rows):] = 0.0

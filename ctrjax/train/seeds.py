@@ -26,6 +26,7 @@ import numpy as np
 
 from ctrjax.data import loader
 from ctrjax.errors import ConfigError
+from ctrjax.train import feed as feed_lib
 from ctrjax.train import step as step_lib
 from ctrjax.train import trainer
 from ctrjax.train import workdir_lock
@@ -70,12 +71,13 @@ def train_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
   with workdir_lock.training(workdirs):
     setup = trainer.Setup(single, dataset_path)
     sources = [setup.source("train", train=True, seed=s) for s in seeds]
-    train, predict = step_lib.jit_seed_steps(setup.layout, setup.regularizer)
+    _, predict = step_lib.jit_seed_steps(setup.layout, setup.regularizer)
+    host_batches = lambda: loader.make_iterator(    # noqa: E731
+        _StackedSource(sources, setup.pack), config.loader.num_threads, config.loader.prefetch,
+        transform=lambda packed: jax.device_put(packed, setup.mesh.devices.flat[0]))
     program = trainer.Program(
-        train_step=train, predict=predict,
-        batches=loader.make_iterator(_StackedSource(sources, setup.pack), **config.loader,
-                                     transform=lambda packed: jax.device_put(packed, setup.mesh.devices.flat[0])),
-        init_state=lambda seed: setup.init_state(sources[0][0], seed=seed),
-        steps_per_epoch=sources[0].batches_per_epoch, stacked=True)
+        feed=feed_lib.make_feed(setup, sources, stacked=True, host_batches=host_batches),
+        predict=predict, init_state=lambda seed: setup.init_state(sources[0][0], seed=seed),
+        steps_per_epoch=sources[0].batches_per_epoch, stacked=True, steps_per_call=config.steps_per_call)
     return trainer.EpochLoop(setup, program, [seed_config(config, s) for s in seeds], workdirs,
                              seeds_in_parallel=len(seeds)).run()

@@ -148,26 +148,53 @@ def predict_step(state: TrainState, batch: dict) -> jax.Array:
   return jax.nn.sigmoid(out["logit"])
 
 
+def packed_train_step(layout: BatchLayout, regularizer: EmbeddingRegularizer,
+                      embeddings: LazyEmbeddings | None = None):
+  """The unjitted train step on packed batches, (state, packed, rng) -> (state, metrics):
+  ``lazy_train_step`` with lazy ``embeddings``, else ``train_step``."""
+  step = (functools.partial(train_step, regularizer=regularizer) if embeddings is None else
+          functools.partial(lazy_train_step, regularizer=regularizer, embeddings=embeddings))
+  return lambda state, packed, rng: step(state, layout.unpack(packed), rng)
+
+
+def jit_train(fn, mesh):
+  """``jax.jit`` of a train call ``(state, ...) -> (state, metrics)`` on ``mesh``: the state
+  donated, the outputs replicated."""
+  repl = mesh_lib.replicated(mesh)
+  return jax.jit(fn, donate_argnums=0, out_shardings=(repl, repl))
+
+
+def scan_steps(step):
+  """``step`` (state, batch, rng) -> (state, metrics) applied to each batch of a sequence in turn,
+  as one ``lax.scan``: (state, batches, rng) -> (state, metrics with a leading step axis).
+  ``batches`` is a tuple of batches (stacked inside the jitted call) or one stacked tree."""
+  def steps(state, batches, rng):
+    if isinstance(batches, tuple):
+      batches = jax.tree.map(lambda *x: jnp.stack(x), *batches)
+    return jax.lax.scan(lambda s, batch: step(s, batch, rng), state, batches)
+  return steps
+
+
 def jit_steps(mesh, layout: BatchLayout, regularizer: EmbeddingRegularizer,
               embeddings: LazyEmbeddings | None = None):
   """The jitted train (state donated) and predict steps on packed batches, outputs replicated;
   the train step is ``lazy_train_step`` with lazy ``embeddings``."""
-  repl = mesh_lib.replicated(mesh)
-  step = (functools.partial(train_step, regularizer=regularizer) if embeddings is None else
-          functools.partial(lazy_train_step, regularizer=regularizer, embeddings=embeddings))
-  train = jax.jit(lambda state, packed, rng: step(state, layout.unpack(packed), rng),
-                  donate_argnums=0, out_shardings=(repl, repl))
+  train = jit_train(packed_train_step(layout, regularizer, embeddings), mesh)
   predict = jax.jit(lambda state, packed: predict_step(state, layout.unpack(packed)),
-                    out_shardings=repl)
+                    out_shardings=mesh_lib.replicated(mesh))
   return train, predict
+
+
+def seed_train_step(layout: BatchLayout, regularizer: EmbeddingRegularizer):
+  """``packed_train_step`` mapped over a leading seed axis of the state, the packed batch and the
+  dropout key (seeds.py), unjitted."""
+  return jax.vmap(packed_train_step(layout, regularizer))
 
 
 def jit_seed_steps(layout: BatchLayout, regularizer: EmbeddingRegularizer):
   """``jit_steps``' train and predict with a leading seed axis (seeds.py): train maps state, packed
   batch and dropout key over it (state donated); predict maps the state over one shared batch."""
-  step = functools.partial(train_step, regularizer=regularizer)
-  train = jax.jit(jax.vmap(lambda state, packed, rng: step(state, layout.unpack(packed), rng)),
-                  donate_argnums=0)
+  train = jax.jit(seed_train_step(layout, regularizer), donate_argnums=0)
   predict = jax.jit(jax.vmap(lambda state, packed: predict_step(state, layout.unpack(packed)),
                              in_axes=(0, None)))
   return train, predict

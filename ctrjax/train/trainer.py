@@ -22,7 +22,7 @@ import os
 import pathlib
 import signal
 import time
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +38,7 @@ from ctrjax.data.filter import IdFrequencyFilter
 from ctrjax.data.packing import BatchLayout
 from ctrjax.errors import ConfigError, UserError, WorkdirFileError
 from ctrjax.models import build_model
+from ctrjax.train import feed as feed_lib
 from ctrjax.train import lazy
 from ctrjax.train import mesh as mesh_lib
 from ctrjax.train import step as step_lib
@@ -47,7 +48,8 @@ from ctrjax.train.progress import Progress
 from ctrjax.train.regularizers import EmbeddingRegularizer
 
 # Config fields that may differ between a run and its resumption.
-_RESUME_FREE = ("workdir", "debug", "log_every_steps", "loader", "progress_bar", "seeds_in_parallel")
+_RESUME_FREE = ("workdir", "debug", "log_every_steps", "loader", "progress_bar", "seeds_in_parallel",
+                "steps_per_call")
 # Config fields a ``Restart`` may change besides those: optimisation settings that keep the layout of
 # the train state (optimizer.grad_clip_norm only on the same side of 0: clipping adds a state).
 RESTART_FREE = ("optimizer.learning_rate", "optimizer.b1", "optimizer.b2", "optimizer.eps",
@@ -175,6 +177,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                       f"config.optimizer.embeddings={embeddings!r} updates only a batch's rows; "
                       f"use mode 'mba' or 'touched', or embeddings 'dense'")
   need(config.num_devices >= 0, "num_devices", config.num_devices, ">= 0 (0 = all)")
+  # loader.placement and steps_per_call are absent from the config.json of runs trained before them
+  placement = config.loader.get("placement", "host")
+  need(placement in feed_lib.PLACEMENTS, "loader.placement", placement, f"one of {feed_lib.PLACEMENTS}")
+  share = config.loader.get("device_memory_share", 0.25)
+  need(0 < share <= 1, "loader.device_memory_share", share, "in (0, 1]")
+  steps_per_call = config.get("steps_per_call", 1)
+  need(_is_int(steps_per_call) and steps_per_call >= 1, "steps_per_call", steps_per_call, "an integer >= 1")
   _validate_model(config.model.to_dict())
   devices = config.num_devices or jax.device_count()
   for field in ("batch_size", "eval_batch_size"):
@@ -232,7 +241,8 @@ class Setup:
 
   def batches(self, source: loader.EpochBatchSource):
     """Grain iterator whose prefetch threads also do the host -> device transfer."""
-    return loader.make_iterator(source, **self.config.loader, transform=self.to_device)
+    return loader.make_iterator(source, self.config.loader.num_threads, self.config.loader.prefetch,
+                                transform=self.to_device)
 
   def init_state(self, sample_local_batch, seed: int | None = None) -> step_lib.TrainState:
     sample = jax.jit(self.layout.unpack)(self.to_device(sample_local_batch))
@@ -260,12 +270,13 @@ class Program:
   """The compiled steps that advance K runs of one config together, and how their state is laid
   out: one run on the mesh (``stacked`` False, K = 1: ``train_and_evaluate``) or K seeds with a
   leading seed axis on one device (``stacked`` True: seeds.py)."""
-  train_step: Callable    # (state, batch, rng) -> (state, metrics); the state is donated
+  feed: feed_lib.HostFeed | feed_lib.DeviceFeed   # feed.steps(state, rng, n): n train steps, the
+                          # state donated; feed.iterator: the checkpointable data position (step i next)
   predict: Callable       # (state, eval batch) -> probabilities
-  batches: Iterator       # the training batches: a checkpointable grain iterator, element i = step i
   init_state: Callable    # seed -> that run's fresh (unstacked) TrainState
   steps_per_epoch: int
   stacked: bool
+  steps_per_call: int = 1
 
   def stack(self, trees: list):
     """The runs' trees -> the program's tree."""
@@ -287,6 +298,33 @@ class Program:
   def of_runs(self, values: np.ndarray):
     """``per_run``'s inverse, for values to put into the state."""
     return values if self.stacked else values[0]
+
+
+class CompileClock:
+  """Wall seconds, while open, during which jax traced, lowered or compiled a program (or loaded
+  one from the persistent compilation cache): the union of jax.monitoring's compile event spans,
+  in any thread of this process, nested and overlapping spans counted once."""
+  EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
+            "/jax/core/compile/backend_compile_duration")
+
+  def __enter__(self) -> "CompileClock":
+    self.spans: list[tuple[float, float]] = []
+    jax.monitoring.register_event_time_span_listener(self._record)
+    return self
+
+  def _record(self, event: str, start: float, end: float, **kwargs):
+    if event in self.EVENTS:
+      self.spans.append((start, end))
+
+  def seconds(self) -> float:
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(self.spans):
+      total += max(0.0, end - max(start, reach))
+      reach = max(reach, end)
+    return round(total, 3)
+
+  def __exit__(self, *exc):
+    jax.monitoring.unregister_event_time_span_listener(self._record)
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -351,13 +389,16 @@ class EpochLoop:
                       progress=Progress(config=c.to_dict())) for c, w in zip(configs, workdirs)]
     self.live: list[int] = []                   # the runs trained by the current step
     self.parked: dict[int, step_lib.TrainState] = {}   # run -> its state, until the loop reaches its step
-    self.pending: list[tuple] = []              # (step, device metrics, live runs) not yet read back
+    self.pending: list[tuple] = []              # (step, steps in the call, device metrics, live runs)
+                                                # not yet read back
 
   def run(self) -> list[dict]:
     """Trains every run to its end; returns the K result dicts."""
     try:
-      self._resume()
-      self._train()
+      with CompileClock() as clock:
+        self._resume()
+        self._train()
+        self.result_extra["compile_seconds"] = clock.seconds()
       return self._results()
     finally:              # on errors too: commits the last saves, and stops orbax's threads before
       for run in self.runs:   # the interpreter does ("can't create new thread at shutdown")
@@ -383,7 +424,7 @@ class EpochLoop:
     self.live = [k for k in unfinished if self.runs[k].progress.step == self.start]
     self.parked = {k: states[k] for k in unfinished if k not in self.live}
     if self.live and restored[self.live[0]] is not None:   # the live runs share the batches' position
-      self.runs[self.live[0]].ckpt.restore_data_iter(restored[self.live[0]], self.program.batches)
+      self.runs[self.live[0]].ckpt.restore_data_iter(restored[self.live[0]], self.program.feed.iterator)
     self.state, self.rngs = self.program.stack(states), self.program.stack(rngs)
     if self.main:
       for run in self.runs:
@@ -445,25 +486,30 @@ class EpochLoop:
     bar = tqdm.tqdm(total=self.total_steps, initial=step, unit="step", dynamic_ncols=True,
                     disable=not (self.main and config.progress_bar), desc=desc)
     t_epoch, t_log, step_log = time.time(), time.time(), step
+    def reached(every: int) -> bool:                 # a multiple of ``every`` in the last call's steps
+      return step // every > (step - n) // every
     try:
       while step < self.total_steps and (self.live or self.parked):
         self._unpark(step)
-        self.state, step_metrics = self.program.train_step(self.state, next(self.program.batches), self.rngs)
-        step += 1
+        n = feed_lib.call_size(step, steps_per_epoch, self.program.steps_per_call)
+        if any(step < self.runs[k].progress.step < step + n for k in self.parked):
+          n = 1                                   # a call never steps over a parked run's step
+        self.state, step_metrics = self.program.feed.steps(self.state, self.rngs, n)
+        step += n
         for k in self.live:
           self.runs[k].progress.step = step
-        self.pending.append((step, step_metrics, tuple(self.live)))
-        if step == config.debug.kill_at_step:          # fault injection for the resume tests
+        self.pending.append((step, n, step_metrics, tuple(self.live)))
+        if step - n < config.debug.kill_at_step <= step:   # fault injection for the resume tests
           for run in self.runs:
             run.ckpt.wait()
           os.kill(os.getpid(), signal.SIGKILL)
-        if step % config.log_every_steps == 0:
+        if reached(config.log_every_steps):
           self._flush()
           rate = (step - step_log) * config.batch_size * len(self.runs) / max(time.time() - t_log, 1e-9)
           t_log, step_log = time.time(), step
           self._log_step(step, rate, bar)
         if step % steps_per_epoch:
-          if step % config.checkpoint_every_steps == 0:
+          if reached(config.checkpoint_every_steps):
             self._settle()
             self._save()
           continue
@@ -485,15 +531,17 @@ class EpochLoop:
   def _flush(self):
     """Reads back the pending step metrics and adds each live run's loss to its epoch; raises
     TrainingDiverged at the first non-finite loss, naming the step (and the seed in a group)."""
-    for step, step_metrics, live in jax.device_get(self.pending):
-      per_run = {name: self.program.per_run(value) for name, value in step_metrics.items()}
-      for k in live:
-        run = self.runs[k]
-        loss = float(per_run["loss"][k])
-        if not np.isfinite(loss):
-          raise self._diverged(run, f"loss became {loss} at step {step}", step)
-        run.last_finite = {"step": step, **{name: float(v[k]) for name, v in per_run.items()}}
-        run.progress.add_step_loss(loss)
+    for last, n, call_metrics, live in jax.device_get(self.pending):
+      for i, step in enumerate(range(last - n + 1, last + 1)):   # a call's metrics: one per step if n > 1
+        per_run = {name: self.program.per_run(value[i] if n > 1 else value)
+                   for name, value in call_metrics.items()}
+        for k in live:
+          run = self.runs[k]
+          loss = float(per_run["loss"][k])
+          if not np.isfinite(loss):
+            raise self._diverged(run, f"loss became {loss} at step {step}", step)
+          run.last_finite = {"step": step, **{name: float(v[k]) for name, v in per_run.items()}}
+          run.progress.add_step_loss(loss)
     self.pending.clear()
 
   def _settle(self):
@@ -532,7 +580,7 @@ class EpochLoop:
     for k in self.live:
       run = self.runs[k]
       run.ckpt.save(run.progress.step, self.program.unstack(self.state, k), self.program.unstack(self.rngs, k),
-                    run.progress, self.program.batches)
+                    run.progress, self.program.feed.iterator)
 
   # --- End of epoch: validate, early stopping, LR decay on plateau, checkpoint ----------------------
   def _end_epoch(self, epoch: int, seconds: float):
@@ -590,9 +638,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   with workdir_lock.training([workdir]):
     setup = Setup(config, dataset_path)
     source = setup.source("train", train=True)
-    program = Program(train_step=setup.train_step, predict=setup.predict, batches=setup.batches(source),
-                      init_state=lambda seed: setup.init_state(source[0], seed),
-                      steps_per_epoch=source.batches_per_epoch, stacked=False)
+    program = Program(feed=feed_lib.make_feed(setup, [source], stacked=False,
+                                              host_batches=lambda: setup.batches(source)),
+                      predict=setup.predict, init_state=lambda seed: setup.init_state(source[0], seed),
+                      steps_per_epoch=source.batches_per_epoch, stacked=False,
+                      steps_per_call=config.steps_per_call)
     return EpochLoop(setup, program, [config], [workdir], restart, on_epoch).run()[0]
 
 
