@@ -54,9 +54,10 @@ def with_learning_rate(state: TrainState, lr) -> TrainState:
 
 def create_train_state(model: nn.Module, tx, sample_batch: dict, rng: jax.Array, mesh,
                        regularizer: EmbeddingRegularizer,
-                       embeddings: LazyEmbeddings | None = None) -> TrainState:
-  """Initialises parameters inside jit, directly replicated over the mesh. With lazy
-  ``embeddings`` the tables get their lazy state instead of optax's."""
+                       embeddings: LazyEmbeddings | None = None,
+                       sharding: mesh_lib.StateSharding | None = None) -> TrainState:
+  """Initialises parameters inside jit, directly laid out over the mesh by ``sharding`` (default:
+  replicated). With lazy ``embeddings`` the tables get their lazy state instead of optax's."""
   def init(rng):
     params_rng, dropout_rng = jax.random.split(rng)
     variables = model.init({"params": params_rng, "dropout": dropout_rng}, sample_batch, train=False)
@@ -66,7 +67,8 @@ def create_train_state(model: nn.Module, tx, sample_batch: dict, rng: jax.Array,
                       batch_stats=variables.get("batch_stats", {}),
                       row_weights=regularizer.row_weights(),
                       embedding_opt_state=None if embeddings is None else embeddings.init(tables))
-  state = jax.jit(init, out_shardings=mesh_lib.replicated(mesh))(rng)
+  sharding = sharding or mesh_lib.StateSharding(mesh)
+  state = jax.jit(init, out_shardings=sharding.of(jax.eval_shape(init, rng)))(rng)
   return state.replace(step=jax.device_put(jnp.asarray(state.step, jnp.int32), mesh_lib.replicated(mesh)))
 
 
@@ -149,14 +151,19 @@ def predict_step(state: TrainState, batch: dict) -> jax.Array:
 
 
 def jit_steps(mesh, layout: BatchLayout, regularizer: EmbeddingRegularizer,
-              embeddings: LazyEmbeddings | None = None):
-  """The jitted train (state donated) and predict steps on packed batches, outputs replicated;
-  the train step is ``lazy_train_step`` with lazy ``embeddings``."""
+              embeddings: LazyEmbeddings | None = None, sharding: mesh_lib.StateSharding | None = None):
+  """The jitted train (state donated, laid out by ``sharding``, default replicated) and predict
+  steps on packed batches, metrics and predictions replicated; the train step is
+  ``lazy_train_step`` with lazy ``embeddings``."""
   repl = mesh_lib.replicated(mesh)
+  sharding = sharding or mesh_lib.StateSharding(mesh)
   step = (functools.partial(train_step, regularizer=regularizer) if embeddings is None else
           functools.partial(lazy_train_step, regularizer=regularizer, embeddings=embeddings))
-  train = jax.jit(lambda state, packed, rng: step(state, layout.unpack(packed), rng),
-                  donate_argnums=0, out_shardings=(repl, repl))
+
+  def train_on(state, packed, rng):
+    state, metrics = step(state, layout.unpack(packed), rng)
+    return sharding.constrain(state), jax.lax.with_sharding_constraint(metrics, repl)
+  train = jax.jit(train_on, donate_argnums=0)
   predict = jax.jit(lambda state, packed: predict_step(state, layout.unpack(packed)),
                     out_shardings=repl)
   return train, predict
