@@ -57,7 +57,8 @@ def _worker(role: str, dataset: str, out: str):
   import jax
   from ctrjax.train import trainer
   from ctrjax.train.checkpoint import Checkpointer
-  jax.config.update("jax_compilation_cache_dir", str(REPO / ".jax_cache"))
+  jax.config.update("jax_compilation_cache_dir", str(REPO / ".jax_cache"))   # as conftest.py does
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   out = pathlib.Path(out)
   report = {"devices": jax.device_count()}
   for embeddings in EMBEDDINGS:
