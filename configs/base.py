@@ -50,6 +50,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       filter_top_k=0))                 # of this table, the rest -> OOV (0 = off)
   c.gauc_group = "user"                # meta field grouping GAUC ('' = no GAUC)
   c.num_devices = 0                    # 0 = every device (data parallel over all of them)
+  c.embedding_sharding = "replicated"  # replicated | rows: every embedding table row-sharded over the
+                                       # devices (tables larger than one device: docs/training.md)
   c.seeds_in_parallel = False          # grids: train a variant's seeds together, one vmapped program
                                        # on one device (ctrjax/train/seeds.py)
 

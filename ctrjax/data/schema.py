@@ -35,6 +35,8 @@ class Field:
     sequence: behaviour ids, shape (max_len,) or (max_len, k); left-padded with 0.
   table: embedding table the ids index; fields sharing a table share rows (behaviour item ids use
     the candidate item's table). Defaults to the field's own name.
+  rows: the table's row count when padded beyond vocab_size (rows never looked up, so that a table
+    row-sharded over devices divides evenly: ``Schema.padded_rows``); None = vocab_size.
   """
   name: str
   group: str
@@ -47,6 +49,7 @@ class Field:
   pad_id: int | None = None
   oov_id: int | None = None
   description: str = ""
+  rows: int | None = None
 
   def __post_init__(self):
     object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
@@ -64,6 +67,8 @@ class Field:
         object.__setattr__(self, "table", self.name)
       if self.pad_id is None:
         object.__setattr__(self, "pad_id", PAD_ID)
+    if self.rows is not None and not (self.has_ids and self.rows >= self.vocab_size):
+      raise SchemaError(f"{where}: rows={self.rows} must be >= vocab_size={self.vocab_size} of an id field")
     if self.kind == "sequence":
       if not self.shape or self.max_len != self.shape[0]:
         raise SchemaError(f"{where}: sequence shape {self.shape} must start with max_len={self.max_len}")
@@ -108,12 +113,27 @@ class Schema:
 
   @property
   def tables(self) -> dict[str, int]:
-    """Embedding table name -> number of rows."""
+    """Embedding table name -> number of rows (its vocab size, or more when padded)."""
+    out: dict[str, int] = {}
+    for f in self.fields:
+      if f.has_ids:
+        out.setdefault(f.table, f.rows or f.vocab_size)
+    return out
+
+  @property
+  def vocab_sizes(self) -> dict[str, int]:
+    """Embedding table name -> number of ids (its rows before padding)."""
     out: dict[str, int] = {}
     for f in self.fields:
       if f.has_ids:
         out.setdefault(f.table, f.vocab_size)
     return out
+
+  def padded_rows(self, multiple: int) -> "Schema":
+    """This schema with every table's rows rounded up to a multiple of ``multiple`` (the devices
+    a table is row-sharded over); the padding rows hold zeros and no id reaches them."""
+    return Schema(tuple(dataclasses.replace(f, rows=-(-f.vocab_size // multiple) * multiple)
+                        if f.has_ids else f for f in self.fields))
 
   @property
   def behavior_key(self) -> Field | None:

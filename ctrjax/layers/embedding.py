@@ -33,6 +33,9 @@ class FeatureEmbedding(nn.Module):
   id_dropout (the DIN paper's "Dropout" regulariser, §6.5): in training each id occurrence is
   discarded with this probability (its vector zeroed) and the kept ones are scaled by 1/(1 − p),
   so sums and means keep their expectation; evaluation sees every id. Uses the 'dropout' rng.
+
+  A table padded beyond its vocab size (``Schema.padded_rows``, for row sharding) is initialised as
+  the unpadded one, its padding rows zero.
   """
   schema: Schema
   dim: int
@@ -43,7 +46,8 @@ class FeatureEmbedding(nn.Module):
   def __call__(self, batch: dict, train: bool = False) -> dict[str, dict[str, jax.Array]]:
     if not 0.0 <= self.id_dropout < 1.0:
       raise ValueError(f"model.id_dropout={self.id_dropout!r}: expected a probability in [0, 1)")
-    tables = {name: self.param(name, self.embedding_init, (rows, self.dim))
+    vocab_sizes = self.schema.vocab_sizes
+    tables = {name: self.param(name, _zero_padded(self.embedding_init, vocab_sizes[name]), (rows, self.dim))
               for name, rows in self.schema.tables.items()}
     out: dict[str, dict[str, jax.Array]] = {g: {} for g in MODEL_GROUPS}
     for f in self.schema.fields:
@@ -63,6 +67,15 @@ class FeatureEmbedding(nn.Module):
         v = self.param(f"numeric_{f.name}", self.embedding_init, (self.dim,))
         out[f.group][f.name] = x.astype(jnp.float32)[..., None] * v
     return out
+
+
+def _zero_padded(init: Callable, vocab_size: int) -> Callable:
+  """``init`` for the first ``vocab_size`` rows of the shape it is asked for, zeros below them."""
+  def padded(key, shape, dtype=jnp.float32):
+    if shape[0] == vocab_size:
+      return init(key, shape, dtype)
+    return jnp.pad(init(key, (vocab_size, *shape[1:]), dtype), ((0, shape[0] - vocab_size), (0, 0)))
+  return padded
 
 
 def pooled_fields(emb: dict, behavior_mask: jax.Array | None, pooling: str = "sum") -> dict[str, jax.Array]:

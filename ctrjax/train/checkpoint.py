@@ -57,13 +57,33 @@ class Checkpointer:
 
   def restore(self, step: int, state, rng, data_iter=None):
     """Restores into the shardings/structure of ``state`` and ``rng``; returns (state, rng, progress).
-    A missing or unreadable checkpoint is a WorkdirFileError naming its directory."""
+    A row-sharded array (an embedding table: mesh.StateSharding) saved with other padding rows,
+    i.e. on another device count, is cut or zero-padded to the rows of ``state``'s; any other
+    difference in shape is an error. A missing or unreadable checkpoint is a WorkdirFileError
+    naming its directory."""
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, {"train": state, "rng": rng})
-    items = {"state": ocp.args.StandardRestore(target), "progress": ocp.args.JsonRestore()}
+    strict = not self._only_padding_differs(step, target)
+    items = {"state": ocp.args.StandardRestore(target, strict=strict), "progress": ocp.args.JsonRestore()}
     if data_iter is not None:
       items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
     out = self._read(step, items)
     return out["state"]["train"], out["state"]["rng"], Progress.from_dict(out["progress"])
+
+  def _only_padding_differs(self, step: int, target) -> bool:
+    """Whether some arrays of checkpoint ``step`` differ in shape from ``target``'s, all of them
+    row-sharded ones in their rows alone."""
+    if step not in self.manager.all_steps():
+      return False                                  # _read names the missing checkpoint
+    try:
+      saved = ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / "state")
+    except Exception:                               # unreadable: _read reports it
+      return False
+    saved = {m.name: m.shape for m in jax.tree.leaves(saved)}
+    differing = [(shape, leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(target)[0]
+                 if (shape := saved.get(_dotted(path))) is not None and tuple(shape) != leaf.shape]
+    return bool(differing) and all(
+        len(shape) == len(leaf.shape) and shape[1:] == leaf.shape[1:] and _row_sharded(leaf)
+        for shape, leaf in differing)
 
   def read_progress(self, step: int) -> Progress:
     """The progress of checkpoint ``step`` alone (no arrays read)."""
@@ -131,3 +151,13 @@ class Checkpointer:
 
   def close(self):
     self.manager.close()
+
+
+def _dotted(path) -> str:
+  """A key path as orbax names the array: "train.opt_state.0.mu.embedding.item_id"."""
+  return ".".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def _row_sharded(leaf: jax.ShapeDtypeStruct) -> bool:
+  spec = getattr(leaf.sharding, "spec", ())
+  return len(spec) > 0 and spec[0] is not None

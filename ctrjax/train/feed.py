@@ -211,7 +211,7 @@ def make_feed(setup, sources: Sequence[loader.EpochBatchSource], stacked: bool, 
     step, jit = step_lib.seed_train_step(setup.layout, setup.regularizer), lambda f: jax.jit(f, donate_argnums=0)
   else:
     step = step_lib.packed_train_step(setup.layout, setup.regularizer, setup.embeddings)
-    jit = lambda f: step_lib.jit_train(f, setup.mesh)    # noqa: E731
+    jit = lambda f: step_lib.jit_train(f, setup.mesh, setup.state_sharding)    # noqa: E731
   placement, line = resolve_placement(setup)
   if jax.process_index() == 0 and (config.loader.placement != "host" or k > 1):   # else: as always
     print(line + (f"; {k} steps per call" if k > 1 else ""), flush=True)

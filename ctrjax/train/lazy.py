@@ -144,7 +144,7 @@ class LazyEmbeddings:
     """The model on ``batch`` with ``variables["params"]`` holding the compact tables: every
     FeatureEmbedding gets ``compact.batch`` instead."""
     sizes = {t: i.shape[0] for t, i in compact.index.items()}
-    schema = Schema(tuple(dataclasses.replace(f, vocab_size=sizes[f.table]) if f.has_ids else f
+    schema = Schema(tuple(dataclasses.replace(f, vocab_size=sizes[f.table], rows=None) if f.has_ids else f
                           for f in self.schema.fields))
 
     def reindexed_ids(next_fun, args, call_kwargs, context):

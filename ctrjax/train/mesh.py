@@ -1,6 +1,15 @@
 """Data parallelism with jax.jit + NamedSharding: batches split over a 1-D ``data`` mesh axis,
-parameters and optimizer state replicated. The same code runs on 1 device, N devices or N hosts."""
+parameters and optimizer state replicated. The same code runs on 1 device, N devices or N hosts.
+
+With ``config.embedding_sharding = "rows"`` every embedding table is row-sharded over the same axis
+(``StateSharding``): device i holds rows [i V/N, (i+1) V/N) of each table, of its optimiser state
+and of its regulariser weights, and 1/N of every batch; dense parameters stay replicated. XLA
+partitions the lookups (docs/training.md, "Sharded embedding tables"): each device gathers the
+rows it holds for the whole batch's ids, and the results are summed over devices.
+"""
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import numpy as np
@@ -40,3 +49,31 @@ def to_global(local_batch, mesh: Mesh):
     return jax.device_put(local_batch, sharding)
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
                       local_batch)
+
+
+EMBEDDING_SHARDINGS = ("replicated", "rows")
+
+
+@dataclasses.dataclass(frozen=True)
+class StateSharding:
+  """Where each array of a train state lives on ``mesh``: the leaves of ``table_rows``' tables
+  row-sharded over ``data``, everything else replicated. A leaf is a table's when its path has a
+  key naming the table and its leading axis has the table's rows: the table in the params
+  (``embedding/<table>``) and in optax's moments, its lazy optimiser state, its regulariser weights.
+  Rows must divide by the mesh size (``Schema.padded_rows``). Empty ``table_rows``: all replicated."""
+  mesh: Mesh
+  table_rows: dict[str, int] = dataclasses.field(default_factory=dict)
+
+  def of(self, tree):
+    """The NamedSharding of every leaf of ``tree`` (arrays or shape structs)."""
+    rows, replicated = NamedSharding(self.mesh, P("data")), NamedSharding(self.mesh, P())
+
+    def sharding(path, leaf):
+      keys = {k.key for k in path if isinstance(k, jax.tree_util.DictKey)}
+      shape = np.shape(leaf)
+      return rows if any(shape[:1] == (self.table_rows[t],) for t in keys & self.table_rows.keys()) else replicated
+    return jax.tree_util.tree_map_with_path(sharding, tree)
+
+  def constrain(self, tree):
+    """``tree`` inside jit, constrained to ``of(tree)``."""
+    return jax.lax.with_sharding_constraint(tree, self.of(tree))

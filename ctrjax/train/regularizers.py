@@ -67,8 +67,9 @@ class EmbeddingRegularizer:
     for f in schema.fields:
       if f.has_ids:
         fields.setdefault(f.table, []).append((f.group, f.name))
+    vocab_sizes = schema.vocab_sizes
     factors = {} if mode == "none" else {
-        t: _row_factors(t, rows, counts, mode, [n for _, n in fields[t]])
+        t: _row_factors(t, vocab_sizes[t], rows, counts, mode, [n for _, n in fields[t]])
         for t, rows in schema.tables.items()}
     sources = tuple((t, rows, tuple(fields[t])) for t, rows in schema.tables.items())
     return cls(mode, float(weight), float(weight) * WEIGHT_CONVENTIONS[weight_convention], sources, factors)
@@ -105,19 +106,21 @@ class EmbeddingRegularizer:
     return self.coefficient * total
 
 
-def _row_factors(table: str, rows: int, counts: dict[str, np.ndarray], mode: str,
+def _row_factors(table: str, vocab_size: int, rows: int, counts: dict[str, np.ndarray], mode: str,
                  field_names: list[str]) -> np.ndarray:
-  """float32[rows]: 1/max(n_j, 1) for mba, else 1; 0 at padding."""
-  w = np.ones(rows)
+  """float32[rows]: 1/max(n_j, 1) for mba, else 1; 0 at padding id 0 and at the padding rows beyond
+  ``vocab_size`` (``Schema.padded_rows``)."""
+  w = np.zeros(rows)
+  w[:vocab_size] = 1.0
   if mode == "mba":
     where = f"regularizer counts for table {table!r} (fields {field_names})"
     if table not in counts:
       raise ValueError(f"{where}: missing (counts has tables {sorted(counts)})")
     n = np.asarray(counts[table])
-    if n.shape != (rows,):
-      raise ValueError(f"{where}: shape {n.shape} != (vocab_size={rows},)")
+    if n.shape != (vocab_size,):
+      raise ValueError(f"{where}: shape {n.shape} != (vocab_size={vocab_size},)")
     if np.any(n < 0):
       raise ValueError(f"{where}: negative count at id {int(np.argmax(n < 0))}")
-    w = 1.0 / np.maximum(n, 1)
+    w[:vocab_size] = 1.0 / np.maximum(n, 1)
   w[PAD_ID] = 0.0
   return w.astype(np.float32)

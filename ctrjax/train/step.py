@@ -54,9 +54,10 @@ def with_learning_rate(state: TrainState, lr) -> TrainState:
 
 def create_train_state(model: nn.Module, tx, sample_batch: dict, rng: jax.Array, mesh,
                        regularizer: EmbeddingRegularizer,
-                       embeddings: LazyEmbeddings | None = None) -> TrainState:
-  """Initialises parameters inside jit, directly replicated over the mesh. With lazy
-  ``embeddings`` the tables get their lazy state instead of optax's."""
+                       embeddings: LazyEmbeddings | None = None,
+                       sharding: mesh_lib.StateSharding | None = None) -> TrainState:
+  """Initialises parameters inside jit, directly laid out over the mesh by ``sharding`` (default:
+  replicated). With lazy ``embeddings`` the tables get their lazy state instead of optax's."""
   def init(rng):
     params_rng, dropout_rng = jax.random.split(rng)
     variables = model.init({"params": params_rng, "dropout": dropout_rng}, sample_batch, train=False)
@@ -66,7 +67,8 @@ def create_train_state(model: nn.Module, tx, sample_batch: dict, rng: jax.Array,
                       batch_stats=variables.get("batch_stats", {}),
                       row_weights=regularizer.row_weights(),
                       embedding_opt_state=None if embeddings is None else embeddings.init(tables))
-  state = jax.jit(init, out_shardings=mesh_lib.replicated(mesh))(rng)
+  sharding = sharding or mesh_lib.StateSharding(mesh)
+  state = jax.jit(init, out_shardings=sharding.of(jax.eval_shape(init, rng)))(rng)
   return state.replace(step=jax.device_put(jnp.asarray(state.step, jnp.int32), mesh_lib.replicated(mesh)))
 
 
@@ -157,11 +159,16 @@ def packed_train_step(layout: BatchLayout, regularizer: EmbeddingRegularizer,
   return lambda state, packed, rng: step(state, layout.unpack(packed), rng)
 
 
-def jit_train(fn, mesh):
+def jit_train(fn, mesh, sharding: mesh_lib.StateSharding | None = None):
   """``jax.jit`` of a train call ``(state, ...) -> (state, metrics)`` on ``mesh``: the state
-  donated, the outputs replicated."""
+  donated and laid out by ``sharding`` (default: replicated), the metrics replicated."""
   repl = mesh_lib.replicated(mesh)
-  return jax.jit(fn, donate_argnums=0, out_shardings=(repl, repl))
+  sharding = sharding or mesh_lib.StateSharding(mesh)
+
+  def laid_out(state, *args):
+    state, metrics = fn(state, *args)
+    return sharding.constrain(state), jax.lax.with_sharding_constraint(metrics, repl)
+  return jax.jit(laid_out, donate_argnums=0)
 
 
 def scan_steps(step):
@@ -176,10 +183,11 @@ def scan_steps(step):
 
 
 def jit_steps(mesh, layout: BatchLayout, regularizer: EmbeddingRegularizer,
-              embeddings: LazyEmbeddings | None = None):
-  """The jitted train (state donated) and predict steps on packed batches, outputs replicated;
-  the train step is ``lazy_train_step`` with lazy ``embeddings``."""
-  train = jit_train(packed_train_step(layout, regularizer, embeddings), mesh)
+              embeddings: LazyEmbeddings | None = None, sharding: mesh_lib.StateSharding | None = None):
+  """The jitted train (state donated, laid out by ``sharding``, default replicated) and predict
+  steps on packed batches, metrics and predictions replicated; the train step is
+  ``lazy_train_step`` with lazy ``embeddings``."""
+  train = jit_train(packed_train_step(layout, regularizer, embeddings), mesh, sharding)
   predict = jax.jit(lambda state, packed: predict_step(state, layout.unpack(packed)),
                     out_shardings=mesh_lib.replicated(mesh))
   return train, predict

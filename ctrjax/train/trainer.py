@@ -36,6 +36,7 @@ from ctrjax.data import loader
 from ctrjax.data.dataset import Dataset
 from ctrjax.data.filter import IdFrequencyFilter
 from ctrjax.data.packing import BatchLayout
+from ctrjax.data.schema import Schema
 from ctrjax.errors import ConfigError, UserError, WorkdirFileError
 from ctrjax.models import build_model
 from ctrjax.train import feed as feed_lib
@@ -184,10 +185,26 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   need(0 < share <= 1, "loader.device_memory_share", share, "in (0, 1]")
   steps_per_call = config.get("steps_per_call", 1)
   need(_is_int(steps_per_call) and steps_per_call >= 1, "steps_per_call", steps_per_call, "an integer >= 1")
+  need(embedding_sharding(config) in mesh_lib.EMBEDDING_SHARDINGS, "embedding_sharding",
+       embedding_sharding(config), f"one of {mesh_lib.EMBEDDING_SHARDINGS}")
   _validate_model(config.model.to_dict())
   devices = config.num_devices or jax.device_count()
   for field in ("batch_size", "eval_batch_size"):
     need(config[field] % devices == 0, field, config[field], f"a multiple of the {devices} devices")
+
+
+def embedding_sharding(config: ml_collections.ConfigDict) -> str:
+  """``config.embedding_sharding``; "replicated" for a config saved before the field existed."""
+  return config.get("embedding_sharding", "replicated")
+
+
+def _table_layout(schema: Schema, mesh, sharding: str) -> tuple[Schema, mesh_lib.StateSharding]:
+  """(the model's schema, the train state's StateSharding): with "rows" every table padded to a
+  multiple of the mesh size and row-sharded over it (mesh.py), else the dataset's and replicated."""
+  if sharding != "rows":
+    return schema, mesh_lib.StateSharding(mesh)
+  schema = schema.padded_rows(mesh.size)
+  return schema, mesh_lib.StateSharding(mesh, schema.tables)
 
 
 class Setup:
@@ -204,7 +221,8 @@ class Setup:
       raise ConfigError(f"config.gauc_group={config.gauc_group!r} is not a meta field of "
                         f"{self.dataset_path} (meta fields: {meta}); use '' to skip GAUC")
     self.mesh = mesh_lib.make_mesh(config.num_devices)
-    self.model = build_model(config.model_name, self.dataset.schema, config.model)
+    schema, self.state_sharding = _table_layout(self.dataset.schema, self.mesh, embedding_sharding(config))
+    self.model = build_model(config.model_name, schema, config.model)
     self.tx = step_lib.make_optimizer(config.optimizer)
     self.layout = BatchLayout.from_schema(self.dataset.schema)
     reg = config.regularizer
@@ -213,11 +231,11 @@ class Setup:
     if self.id_filter and _is_main():
       print(self.id_filter.summary, flush=True)
     self.regularizer = EmbeddingRegularizer.build(
-        self.dataset.schema, self.dataset.counts, config.regularizer.mode, config.regularizer.weight,
+        schema, self.dataset.counts, config.regularizer.mode, config.regularizer.weight,
         config.regularizer.weight_convention)
     self.embeddings = lazy.LazyEmbeddings.build(config.optimizer, self.model)
     self.train_step, self.predict = step_lib.jit_steps(self.mesh, self.layout, self.regularizer,
-                                                       self.embeddings)
+                                                       self.embeddings, self.state_sharding)
     self.rng = jax.device_put(jax.random.PRNGKey(config.seed), mesh_lib.replicated(self.mesh))
 
   def source(self, split: str, train: bool, seed: int | None = None) -> loader.EpochBatchSource:
@@ -249,7 +267,7 @@ class Setup:
     seed = self.config.seed if seed is None else seed
     init_rng = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
     return step_lib.create_train_state(self.model, self.tx, sample, init_rng, self.mesh, self.regularizer,
-                                       self.embeddings)
+                                       self.embeddings, self.state_sharding)
 
   def evaluate(self, state, split: str, predict=None) -> dict | list[dict]:
     """Exact metrics over every row of ``split`` (last batch padded with weight 0). With a
