@@ -78,8 +78,8 @@ MAX_CHUNK_ROWS = 100_000
 
 SOURCE_KEYS = {
     "files": "a path or glob, or a list of them (relative: to the spec file); .csv/.tsv/.txt/.parquet, .gz",
-    "sep": "field separator (default: sniffed; ',' or '\\t' ...)",
-    "header": "whether line 1 names the columns (default: sniffed)",
+    "sep": "field separator (default: tab for .tsv files, else ',')",
+    "header": "whether line 1 names the columns (default: true, false when names is given)",
     "names": "column names of a header-less file",
     "types": "column -> DuckDB type (e.g. {C1 = 'VARCHAR'}), overriding the sniffed type",
 }
@@ -380,7 +380,7 @@ class _Build:
       self.sql(f"CREATE TABLE {table} AS SELECT *, file_row_number + 1 AS __line FROM "
                f"read_parquet({files}, filename = '__file', file_row_number = true)")
       return [c for c in self._columns(table) if c not in ("__file", "__line", "file_row_number")]
-    options = self._csv_options(source, where)
+    options = self._csv_options(source)
     rejects = f"{table}_rejects"
     self.sql(f"CREATE TABLE {table}_raw AS SELECT * FROM read_csv({files}, {options}, ignore_errors = true, "
              f"store_rejects = true, rejects_table = '{rejects}', rejects_scan = '{table}_scans', "
@@ -430,11 +430,10 @@ class _Build:
     self.sql(f"DROP TABLE {table}_raw")
     return [c for c in self._columns(table) if c not in ("__file", "__line")]
 
-  def _csv_options(self, source: dict, where: str) -> str:
-    sniff = self.sql(f"SELECT Delimiter, HasHeader FROM sniff_csv({_literal(source['files'][0])})").fetchone()
-    sep = source["sep"] if source["sep"] is not None else sniff[0]
-    self._header = source["header"] if source["header"] is not None else (
-        bool(sniff[1]) if source["names"] is None else False)
+  def _csv_options(self, source: dict) -> str:
+    tab = any(pathlib.Path(f).suffixes[:1] == [".tsv"] for f in source["files"])
+    sep = source["sep"] if source["sep"] is not None else ("\t" if tab else ",")
+    self._header = source["header"] if source["header"] is not None else source["names"] is None
     options = [f"delim = {_literal(sep)}", f"header = {str(self._header).lower()}"]
     if source["names"]:
       options.append("names = [" + ", ".join(_literal(n) for n in source["names"]) + "]")
