@@ -346,7 +346,7 @@ class _Build:
     shutil.rmtree(self.work, ignore_errors=True)
     self.work.mkdir(parents=True)
     temp = pathlib.Path(engine["temp_directory"]) if engine["temp_directory"] else self.work / "spill"
-    self.con = duckdb.connect(str(self.work / "db.duckdb"))
+    self.con = duckdb.connect()      # in memory; beyond memory_limit its tables spill to temp_directory
     self.sql(f"SET memory_limit = {_literal(engine['memory_limit'])}")
     self.sql(f"SET temp_directory = {_literal(str(temp))}")
     if engine["threads"]:
@@ -498,7 +498,9 @@ def _run(b: _Build, spec: dict, args: dict) -> pathlib.Path:
               QUALIFY row_number() OVER (PARTITION BY {_quote(table['key'])} ORDER BY __file, __line) = 1""")
     on = _quote(table["on"]) if table["on"] in columns else table["on"]
     b.check_expression(f"tables.{name}.on", on, "src")
-    joins.append(f"LEFT JOIN uniq_{name} AS {_quote(name)} ON ({on}) = {_quote(name)}.{_quote(table['key'])}")
+    key = _quote(table["key"])         # renamed in the join, so that a main column of the same name stays unambiguous
+    joins.append(f"LEFT JOIN (SELECT * EXCLUDE ({key}), {key} AS __key FROM uniq_{name}) AS {_quote(name)} "
+                 f"ON ({on}) = {_quote(name)}.__key")
   from_clause = "src " + " ".join(joins)
 
   def expression(key: str, value: str) -> str:
@@ -606,14 +608,14 @@ def _run(b: _Build, spec: dict, args: dict) -> pathlib.Path:
     split_file = b.work / "split.txt"
     split_of.tofile(split_file, sep="\n")
     del split_of
-    b.sql(f"CREATE TABLE rsplit AS SELECT rowid AS d, s FROM read_csv({_literal(str(split_file))}, "
-          f"header = false, columns = {{'s': 'TINYINT'}})")
+    b.sql(f"CREATE TABLE rsplit AS SELECT s FROM read_csv({_literal(str(split_file))}, header = false, "
+          f"columns = {{'s': 'TINYINT'}})")
     header = 1 if b._header else 0
     offsets = np.concatenate([[0], np.cumsum(lines)[:-1]]).tolist()
     b.sql("CREATE TABLE file_offsets (__file VARCHAR, o BIGINT)")
     b.sql("INSERT INTO file_offsets VALUES " + ", ".join(f"({_literal(f)}, {o})" for f, o in zip(files, offsets)))
     b.sql(f"""CREATE TABLE sp AS SELECT ev.__eid, rsplit.s AS __split FROM ev
-              JOIN file_offsets USING (__file) JOIN rsplit ON rsplit.d = file_offsets.o + ev.__line - {header} - 1
+              JOIN file_offsets USING (__file) JOIN rsplit ON rsplit.rowid = file_offsets.o + ev.__line - {header} - 1
               WHERE ev.__sample""")
     split_rule = (f"seeded permutation (seed {split['seed']}) of the {total} data lines: {n_test} test, "
                   f"{n_valid} valid, the rest train")
@@ -671,7 +673,7 @@ def _run(b: _Build, spec: dict, args: dict) -> pathlib.Path:
         rows = (f"(SELECT ev.{column} FROM ev LEFT JOIN visible USING (__user) WHERE {where})"
                 if f in hist_sources and rule["vocab"] == "train" else f"(SELECT {column} FROM ev WHERE {where})")
       if col["kind"] in ("multi", "sequence"):
-        rows = f"(SELECT unnest(list_filter(string_split({column}, {_literal(col['sep'])}), e -> e <> '')) AS {column} FROM {rows})"
+        rows = f"(SELECT unnest(list_filter(string_split({column}, {_literal(col['sep'])}), lambda e: e <> '')) AS {column} FROM {rows})"
       parts.append(f"SELECT {column} AS v FROM {rows}")
     b.sql(f"""CREATE TABLE cnt_{table} AS SELECT v, count(*) AS c FROM ({' UNION ALL '.join(parts)})
               WHERE v IS NOT NULL GROUP BY v""")
@@ -683,7 +685,7 @@ def _run(b: _Build, spec: dict, args: dict) -> pathlib.Path:
     vocab_stats[table] = {"distinct": distinct, "kept": kept, "vocab_size": kept + first_value[table]}
 
   # Ids of every event's columns.
-  widths = {}
+  widths, lists = {}, {}
   select, joins = ["ev.* EXCLUDE (" + ", ".join(_quote("v:" + n) for n in spec["columns"]) + ")"], []
   for name, col in spec["columns"].items():
     v, out = f"ev.{_quote('v:' + name)}", _quote(name)
@@ -698,7 +700,7 @@ def _run(b: _Build, spec: dict, args: dict) -> pathlib.Path:
                     f"AS INTEGER) AS {out}")
       continue
     sep = _literal(col["sep"])
-    elements = f"list_filter(string_split(d, {sep}), e -> e <> '')"
+    elements = f"list_filter(string_split(d, {sep}), lambda e: e <> '')"
     b.sql(f"CREATE TABLE lists_{name} AS SELECT DISTINCT {v.replace('ev.', '')} AS d FROM ev")
     if col["kind"] == "multi":
       width = col["max_len"] or max(1, b.sql(f"SELECT coalesce(max(len({elements})), 1) FROM lists_{name}").fetchone()[0])
@@ -708,17 +710,22 @@ def _run(b: _Build, spec: dict, args: dict) -> pathlib.Path:
     else:
       width = col["max_len"]
     widths[name] = width
-    b.sql(f"""CREATE TABLE ids_{name} AS SELECT d, list(coalesce(voc.id, {OOV_ID}) ORDER BY p) AS ids FROM (
+    # Each distinct raw value is a list number (0: missing or empty); the rows of lists[name] are
+    # their padded ids, looked up in numpy when rows are written: no nested lists in SQL.
+    b.sql(f"""CREATE TABLE ids_{name} AS SELECT d, CAST(row_number() OVER (ORDER BY d) AS INTEGER) AS lid,
+                list(coalesce(voc.id, {OOV_ID}) ORDER BY p) AS ids FROM (
                 SELECT d, unnest({elements}) AS e, generate_subscripts({elements}, 1) AS p FROM lists_{name})
               LEFT JOIN voc_{table} AS voc ON voc.v = e GROUP BY d""")
-    ids = f"coalesce({_quote('j:' + name)}.ids, [])"
     if col["kind"] == "multi":       # the first ``width`` values, 0-padded on the right
-      padded = f"list_resize({ids}[1:{width}], {width}, 0)"
+      padded = f"list_resize(ids[1:{width}], {width}, 0)"
     else:                            # the last ``width`` values, 0-padded on the left
-      padded = (f"list_concat(list_resize([]::INTEGER[], greatest({width} - len({ids}), 0), 0), "
-                f"{ids}[greatest(len({ids}) - {width} + 1, 1):])")
+      padded = (f"list_concat(list_resize([]::INTEGER[], greatest({width} - len(ids), 0), 0), "
+                f"ids[greatest(len(ids) - {width} + 1, 1):])")
+    flat = b.sql(f"SELECT flatten(list(CAST({padded} AS INTEGER[]) ORDER BY lid)) FROM ids_{name}").fetchnumpy()
+    lists[name] = np.concatenate([np.zeros(width, np.int32), np.asarray(next(iter(flat.values()))[0] if len(
+        next(iter(flat.values()))) else [], np.int32)]).reshape(-1, width)
     joins.append(f"LEFT JOIN ids_{name} AS {_quote('j:' + name)} ON {v} = {_quote('j:' + name)}.d")
-    select.append(f"CAST({padded} AS INTEGER[]) AS {out}")
+    select.append(f"coalesce({_quote('j:' + name)}.lid, 0) AS {out}")
   b.sql(f"CREATE TABLE evid AS SELECT {', '.join(select)} FROM ev {' '.join(joins)}")
   b.sql("DROP TABLE ev")
 
@@ -734,24 +741,19 @@ def _run(b: _Build, spec: dict, args: dict) -> pathlib.Path:
     b.sql("""CREATE TABLE ends AS SELECT s.__eid, h.__eid AS __end FROM (SELECT __eid, __user, __time FROM evid
              WHERE __sample) s ASOF LEFT JOIN (SELECT __eid, __user, __time FROM beh WHERE __last) h
              ON s.__user = h.__user AND s.__time > h.__time""")
-    lists = []
+    window_lists = []
     frame = (f"ROWS BETWEEN (CASE WHEN __needed THEN {max_len - 1} ELSE 0 END) PRECEDING AND "
              f"(CASE WHEN __needed THEN 0 ELSE 1 END) PRECEDING")
     for hname, column in behavior["fields"].items():
-      lists.append(f"list({_quote(column)}) OVER w AS {_quote(hname)}")
-    lists.append("list(CAST(__time AS BIGINT)) OVER w AS hist_timestamp")
-    b.sql(f"""CREATE TABLE windows AS SELECT __eid AS __end, {', '.join(lists)} FROM (
+      window_lists.append(f"list({_quote(column)}) OVER w AS {_quote(hname)}")
+    window_lists.append("list(CAST(__time AS BIGINT)) OVER w AS hist_timestamp")
+    b.sql(f"""CREATE TABLE windows AS SELECT __eid AS __end, {', '.join(window_lists)} FROM (
                 SELECT e.*, e.__eid IN (SELECT __end FROM ends) AS __needed FROM evid e WHERE __beh)
               WINDOW w AS (PARTITION BY __user ORDER BY __time, {tiebreak} {frame})
               QUALIFY __needed""")
     for hname, column in behavior["fields"].items():
-      col = spec["columns"][column]
-      zero = "0" if col["kind"] == "categorical" else f"list_resize([]::INTEGER[], {widths[column]}, 0)"
-      element = "INTEGER" if col["kind"] == "categorical" else "INTEGER[]"
-      h = f"coalesce(w.{_quote(hname)}, []::{element}[])"
-      hist[hname] = f"list_concat(list_resize([]::{element}[], {max_len} - len({h}), {zero}), {h})"
-    h = "coalesce(w.hist_timestamp, []::BIGINT[])"
-    hist["hist_timestamp"] = f"list_concat(list_resize([]::BIGINT[], {max_len} - len({h}), 0), {h})"
+      hist[hname] = f"coalesce(w.{_quote(hname)}, []::INTEGER[])"     # unpadded: _left_pad pads
+    hist["hist_timestamp"] = "coalesce(w.hist_timestamp, []::BIGINT[])"
 
   # The output rows, numbered in split then row order, so that chunks are cheap range scans.
   row_order = f"__user, __time, {tiebreak}" if split["kind"] == "leave_last" else "__file, __line"
@@ -796,13 +798,20 @@ def _run(b: _Build, spec: dict, args: dict) -> pathlib.Path:
       z = min(a + chunk_rows, end)
       aggregates = []
       for f in schema.fields:
-        depth = len(f.shape)
         agg = f"list({_quote(f.name)} ORDER BY __rid)"
-        for _ in range(depth):
+        if f.name in hist:
           agg = f"flatten({agg})"
         aggregates.append(f"{agg} AS {_quote(f.name)}")
+        if f.name in hist:
+          aggregates.append(f"list(len({_quote(f.name)}) ORDER BY __rid) AS {_quote('len:' + f.name)}")
       got = b.sql(f"SELECT {', '.join(aggregates)} FROM out WHERE __rid >= {a} AND __rid < {z}").fetchnumpy()
-      chunk = {f.name: np.asarray(got[f.name][0]).reshape((z - a, *f.shape)).astype(f.dtype) for f in schema.fields}
+      chunk = {}
+      for f in schema.fields:
+        values = np.asarray(got[f.name][0])
+        source = behavior["fields"].get(f.name) if behavior else None
+        if f.name in hist:
+          values = _left_pad(values, np.asarray(got["len:" + f.name][0]), f.shape[:1], f.dtype)
+        chunk[f.name] = (lists[source or f.name][values] if (source or f.name) in lists else values).astype(f.dtype)
       writer.append(split_name, chunk)
       if progress is not None:
         progress.update(z - a)
@@ -827,6 +836,16 @@ def _run(b: _Build, spec: dict, args: dict) -> pathlib.Path:
     print(f"spec: skipped {stats['malformed']['lines']} malformed row(s) (by reason {b.malformed}; first: "
           f"{stats['malformed']['first_lines'][:3]})")
   return writer.finalize(stats, vocabs)
+
+
+def _left_pad(flat: np.ndarray, lengths: np.ndarray, shape: tuple[int], dtype: str) -> np.ndarray:
+  """Rows of ``lengths[i]`` values each (concatenated in ``flat``) -> (rows, max_len), each row's
+  values at its end, 0 before them."""
+  out = np.zeros((len(lengths), *shape), dtype)
+  rows = np.repeat(np.arange(len(lengths)), lengths)
+  starts = np.cumsum(lengths) - lengths
+  out[rows, np.arange(len(rows)) - starts[rows] + shape[0] - lengths[rows]] = flat
+  return out
 
 
 def _schema(spec: dict, vocab_stats: dict, widths: dict) -> Schema:

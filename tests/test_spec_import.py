@@ -11,6 +11,7 @@ from configs import din as din_config
 from ctrjax.data.dataset import Dataset
 from ctrjax.train import trainer
 from data_prep import spec as spec_lib
+from tests.conftest import shared_path
 
 # Two hand-checked users; more users (items j.., categories d.., users v..: all sorted after the
 # hand-checked values, so those keep their ids) give DIN a few batches.
@@ -163,3 +164,38 @@ def test_a_spec_that_does_not_fit_its_file_is_one_line_naming_the_key(tmp_path, 
   with pytest.raises(spec_lib.SpecError, match=message) as e:
     _prepare(spec_path, tmp_path / "prepared")
   assert "\n" not in str(e.value)
+
+
+# ------------------------------------------------------------------ existing datasets as specs
+
+SPECS = pathlib.Path(spec_lib.__file__).parent / "specs"
+SCHEMA_KEYS = ("group", "kind", "dtype", "shape", "vocab_size", "table", "max_len")
+
+
+def _assert_same_dataset(ours: pathlib.Path, theirs: pathlib.Path, extra=("line",), vocab_tables=()):
+  """Same fields (schema: everything but descriptions and oov_id), same rows in the same order."""
+  a, b = Dataset(ours), Dataset(theirs)
+  assert {f.name for f in a.schema.fields} == {f.name for f in b.schema.fields} | set(extra)
+  for f in b.schema.fields:
+    assert [getattr(a.schema[f.name], k) for k in SCHEMA_KEYS] == [getattr(f, k) for k in SCHEMA_KEYS], f.name
+  for split in b.columns:
+    for name, column in b.columns[split].items():
+      np.testing.assert_array_equal(np.asarray(a.columns[split][name]), np.asarray(column), err_msg=f"{split}/{name}")
+  for table in vocab_tables:
+    assert (ours / "vocab" / f"{table}.tsv").read_text() == (theirs / "vocab" / f"{table}.tsv").read_text(), table
+
+
+def test_movielens_din_as_a_spec_equals_data_prep_movielens(tmp_path):
+  from data_prep import movielens
+  theirs = movielens.prepare("ml-latest-small", tmp_path / "movielens", protocol="din", max_len=30, holdout=1)
+  ours = spec_lib.prepare(tmp_path / "spec", spec=SPECS / "movielens_din.toml")
+  # The spec writes weekday and month values as numbers in vocab/, data_prep.movielens as names.
+  _assert_same_dataset(ours, theirs, vocab_tables=("item_id", "user_id", "genre", "year", "hour"))
+
+
+def test_criteo_as_a_spec_equals_data_prep_criteo(tmp_path):
+  from data_prep import criteo
+  raw = shared_path("data", "criteo-kaggle-first10k", "criteo_train_first10000.txt")
+  theirs = criteo.prepare(tmp_path / "criteo", raw_dir=raw)
+  ours = spec_lib.prepare(tmp_path / "spec", spec=SPECS / "criteo.toml")
+  _assert_same_dataset(ours, theirs, extra=(), vocab_tables=[f"C{i}" for i in range(1, 27)])
