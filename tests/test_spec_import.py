@@ -187,8 +187,15 @@ def _assert_same_dataset(ours: pathlib.Path, theirs: pathlib.Path, extra=("line"
 
 def test_movielens_din_as_a_spec_equals_data_prep_movielens(tmp_path):
   from data_prep import movielens
-  theirs = movielens.prepare("ml-latest-small", tmp_path / "movielens", protocol="din", max_len=30, holdout=1)
-  ours = spec_lib.prepare(tmp_path / "spec", spec=SPECS / "movielens_din.toml")
+  shared = shared_path("data", "movielens-latest-small")
+  raw = tmp_path / "raw"                 # the first 12,000 ratings (users 1-73), for a quick test
+  raw.mkdir()
+  (raw / "movies.csv").write_bytes((shared / "movies.csv").read_bytes())
+  (raw / "ratings.csv").write_text("".join((shared / "ratings.csv").open().readlines()[:12_001]))
+  spec_text = (SPECS / "movielens_din.toml").read_text().replace("../../data/movielens-latest-small", str(raw))
+  (tmp_path / "movielens_din.toml").write_text(spec_text)
+  theirs = movielens.prepare("ml-latest-small", tmp_path / "movielens", raw_dir=raw, protocol="din", max_len=30)
+  ours = spec_lib.prepare(tmp_path / "spec", spec=tmp_path / "movielens_din.toml")
   # The spec writes weekday and month values as numbers in vocab/, data_prep.movielens as names.
   _assert_same_dataset(ours, theirs, vocab_tables=("item_id", "user_id", "genre", "year", "hour"))
 
