@@ -22,6 +22,8 @@ Protocol, row by row of the main files (each row is an event):
     of the files' data lines, malformed lines included; the first floor(D*test) -> test, the next
     floor(D*valid) -> valid: data_prep/tabular.py's rule), or ``column`` (a column or expression
     holding train/valid/test).
+  * negatives (``[negatives]``): after each positive sample, ``per_positive`` copies with label 0 and
+    the item-group columns of a train item the user never had (``_samples_with_negatives``).
   * behaviours (``[behavior]``): the rows where ``behavior.where`` holds (default: every row). A
     sample's history is its user's behaviours with a STRICTLY earlier time, ordered by (time,
     order, line), the last ``max_len``, oldest -> newest, left-padded with 0; every history field is
@@ -75,6 +77,7 @@ MISSING = ("oov", "own")
 META_FIELDS = ("label", "line", "user", "timestamp", "hist_timestamp")
 CHUNK_ELEMENTS = 1 << 22            # bound on rows x ids per written chunk
 MAX_CHUNK_ROWS = 100_000
+REDRAWS = 3                         # negative sampling: draws per negative before it is dropped
 
 SOURCE_KEYS = {
     "files": "a path or glob, or a list of them (relative: to the spec file); .csv/.tsv/.txt/.parquet, .gz",
@@ -95,6 +98,7 @@ KEYS = {
     "columns": "output fields: [columns.NAME] kind, group, source or expr, table, min_count, ...",
     "behavior": "[behavior] max_len, fields, where: histories of strictly earlier events",
     "split": "[split] leave_last = k | random = [train, valid, test] (+ seed) | column = 'col'",
+    "negatives": "[negatives] per_positive, seed: sampled negative items after each positive",
     "engine": "[engine] memory_limit, threads, temp_directory (not part of the dataset's identity)",
 }
 TABLE_KEYS = {**SOURCE_KEYS, "key": "the side table's key column", "on": "main column or expression it joins on"}
@@ -123,6 +127,8 @@ SPLIT_KEYS = {
     "seed": "seed of the random split (default 2018)",
     "column": "a column or expression holding train / valid / test",
 }
+NEGATIVE_KEYS = {"per_positive": "negatives drawn after each positive sample",
+                 "seed": "seed of the draws (default 1234)"}
 ENGINE_KEYS = {"memory_limit": "DuckDB memory limit (default 2GB)", "threads": "0 = all cores",
                "temp_directory": "spill directory (default: beside the output)"}
 ENGINE_DEFAULTS = {"memory_limit": "2GB", "threads": 0, "temp_directory": ""}
@@ -215,6 +221,7 @@ def load(spec_path: str | os.PathLike) -> dict:
     spec["columns"][name] = _column(name, col, spec, path)
   spec["behavior"] = _behavior(raw.get("behavior"), spec, path)
   spec["split"] = _split(raw.get("split"), spec, path)
+  spec["negatives"] = _negatives(raw.get("negatives"), spec, path)
   engine = raw.get("engine", {})
   _check_keys("engine", engine, ENGINE_KEYS, path)
   spec["engine"] = {**ENGINE_DEFAULTS, **engine}
@@ -281,6 +288,22 @@ def _behavior(raw, spec: dict, path: pathlib.Path) -> dict | None:
     if hist in spec["columns"] or hist in META_FIELDS:
       raise SpecError(f"{path}: behavior.fields.{hist}: the name is taken by a column or meta field")
   return {"max_len": max_len, "fields": fields, "where": raw.get("where")}
+
+
+def _negatives(raw, spec: dict, path: pathlib.Path) -> dict | None:
+  if raw is None:
+    return None
+  _check_keys("negatives", raw, NEGATIVE_KEYS, path)
+  k, seed = raw.get("per_positive", 1), raw.get("seed", 1234)
+  if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    raise SpecError(f"{path}: negatives.per_positive must be a positive integer, got {k!r}")
+  if isinstance(seed, bool) or not isinstance(seed, int):
+    raise SpecError(f"{path}: negatives.seed must be an integer, got {seed!r}")
+  if not spec["user"]:
+    raise SpecError(f"{path}: [negatives] needs user (a negative is an item the user has not had)")
+  if not any(c["group"] == "item" and c["kind"] != "numeric" for c in spec["columns"].values()):
+    raise SpecError(f"{path}: [negatives] needs a categorical column in group 'item' (the item to draw)")
+  return {"per_positive": k, "seed": seed}
 
 
 def _split(raw, spec: dict, path: pathlib.Path) -> dict:
@@ -777,9 +800,10 @@ def _run(b: _Build, spec: dict, args: dict) -> pathlib.Path:
   hist_join = ("LEFT JOIN ends USING (__eid) LEFT JOIN windows w ON w.__end = ends.__end" if behavior else "")
   if user and not user_meta.startswith("CAST"):
     hist_join += " LEFT JOIN users ON users.__user = s.__user"
-  b.sql(f"""CREATE TABLE out AS SELECT row_number() OVER (ORDER BY s.__split, {', '.join('s.' + c.strip() for c in row_order.split(','))}) - 1 AS __rid,
+  samples, negative_stats = _samples_with_negatives(b, spec)
+  b.sql(f"""CREATE TABLE out AS SELECT row_number() OVER (ORDER BY s.__split, {', '.join('s.' + c.strip() for c in row_order.split(','))}, s.__neg) - 1 AS __rid,
               s.__split, {', '.join(fields_sql)}
-            FROM (SELECT * FROM evid WHERE __sample) s {hist_join} ORDER BY __rid""")
+            FROM ({samples}) s {hist_join} ORDER BY __rid""")
 
   schema = _schema(spec, vocab_stats, widths)
   rows = dict(b.sql("SELECT __split, count(*) FROM out GROUP BY __split").fetchall())
@@ -829,6 +853,7 @@ def _run(b: _Build, spec: dict, args: dict) -> pathlib.Path:
                     "first_lines": [f"{f}, line {l}: {r}" for f, l, r in examples]},
       "duplicate_side_keys": side_duplicates,
       "split_rule": split_rule,
+      **({"negatives": negative_stats} if negative_stats else {}),
       "vocab": vocab_stats,
       **({"user_rule": user_rule} if user else {}),
   }
@@ -836,6 +861,42 @@ def _run(b: _Build, spec: dict, args: dict) -> pathlib.Path:
     print(f"spec: skipped {stats['malformed']['lines']} malformed row(s) (by reason {b.malformed}; first: "
           f"{stats['malformed']['first_lines'][:3]})")
   return writer.finalize(stats, vocabs)
+
+
+def _samples_with_negatives(b: _Build, spec: dict) -> tuple[str, dict | None]:
+  """SQL of the sample rows (column __neg: 0) and, with [negatives], ``per_positive`` negatives after
+  each positive (__neg: 1, 2, ...): the positive's row (user, context, history, split, line) with label
+  0 and the item-group columns of an entry drawn uniformly from the catalogue (the distinct item-group
+  tuples of the train samples), redrawn up to ``REDRAWS`` times while the user has that item (the
+  first categorical item column) among its events; a negative with no free draw is dropped (counted)."""
+  positives = "SELECT *, 0 AS __neg FROM evid WHERE __sample"
+  negatives = spec["negatives"]
+  if not negatives:
+    return positives, None
+  items = [n for n, c in spec["columns"].items() if c["group"] == "item"]
+  key = _quote(next(n for n in items if spec["columns"][n]["kind"] != "numeric"))
+  k, seed = negatives["per_positive"], negatives["seed"]
+  columns = ", ".join(_quote(n) for n in items)
+  b.sql(f"""CREATE TABLE catalogue AS SELECT *, row_number() OVER (ORDER BY {columns}) - 1 AS __ci FROM (
+              SELECT DISTINCT {columns} FROM evid WHERE __sample AND __split = 0)""")
+  size = b.sql("SELECT count(*) FROM catalogue").fetchone()[0]
+  if not size:
+    raise SpecError(f"{b.spec_path}: [negatives]: the train split has no items to draw from")
+  b.sql(f"CREATE TABLE user_items AS SELECT DISTINCT __user, {key} AS __key FROM evid")
+  b.sql(f"""CREATE TABLE negatives AS SELECT __eid, __neg, arg_min(__ci, __try) AS __ci FROM (
+              SELECT p.__eid, p.__user, j AS __neg, r AS __try, CAST(hash({seed}, p.__eid, j, r) % {size} AS BIGINT) AS __ci
+              FROM evid p, range(1, {k + 1}) t(j), range({REDRAWS}) u(r) WHERE p.__sample AND p.__label = 1) d
+            JOIN catalogue c USING (__ci)
+            WHERE NOT EXISTS (SELECT 1 FROM user_items x WHERE x.__user = d.__user AND x.__key = c.{key})
+            GROUP BY __eid, __neg""")
+  wanted = b.sql(f"SELECT count(*) * {k} FROM evid WHERE __sample AND __label = 1").fetchone()[0]
+  made = b.sql("SELECT count(*) FROM negatives").fetchone()[0]
+  replaced = ", ".join(f"c.{_quote(n)} AS {_quote(n)}" for n in items)
+  return (f"{positives} UNION ALL SELECT e.* REPLACE ({replaced}, CAST(0 AS FLOAT) AS __label), n.__neg "
+          f"FROM negatives n JOIN evid e USING (__eid) JOIN catalogue c USING (__ci)"), {
+              "per_positive": k, "seed": seed, "catalogue": size, "made": made, "dropped": wanted - made,
+              "rule": f"item columns {items} from a uniform draw of the train samples' distinct item tuples, "
+                      f"redrawn up to {REDRAWS} times while the user has the item"}
 
 
 def _left_pad(flat: np.ndarray, lengths: np.ndarray, shape: tuple[int], dtype: str) -> np.ndarray:

@@ -228,3 +228,28 @@ def test_the_example_of_docs_your_data_prepares_a_dataset_din_can_take(tmp_path)
   dataset = Dataset(data_prep.prepare(config.dataset))
   assert dataset.schema["hist_item_id"].table == "item_id" and dataset.schema["hist_category"].shape == (20,)
   assert dataset.num_rows("test") == dataset.num_rows("valid") == 1000     # 500 users, 2 each
+
+
+def test_negative_sampling_follows_each_positive_with_an_item_the_user_never_had(tmp_path):
+  reviews = "user,item,cate,ts\n" + "".join(f"u{u},i{(u * 37 + k * 11) % 200:03d},c{(u * 37 + k * 11) % 200 % 5},{k}\n"
+                                            for u in range(12) for k in range(6))
+  spec = SPEC.replace('label = "clicked"', 'label = "1"').replace(
+      'price = {kind = "numeric", group = "item", transform = "log1p"}\n', "") + "[negatives]\nper_positive = 1\n"
+  path = _prepare(_write(tmp_path / "raw", reviews, spec), tmp_path / "prepared")
+  vocab = {t: [line.split("\t")[1] for line in (path / "vocab" / f"{t}.tsv").read_text().splitlines()]
+           for t in ("item", "cate", "user_id")}
+  had = {}
+  for line in reviews.splitlines()[1:]:
+    user, item = line.split(",")[:2]
+    had.setdefault(user, set()).add(item)
+  negatives = 0
+  for split in ("train", "valid", "test"):
+    c = _columns(path, split)
+    for i in np.flatnonzero(np.asarray(c["label"]) == 0):
+      assert c["label"][i - 1] == 1 and c["line"][i] == c["line"][i - 1]      # right after its positive
+      assert c["hist_item"][i] == c["hist_item"][i - 1] and c["user"][i] == c["user"][i - 1]
+      item, cate = vocab["item"][c["item"][i]], vocab["cate"][c["cate"][i]]
+      assert item not in had[vocab["user_id"][c["user_id"][i]]] and int(cate[1:]) == int(item[1:]) % 5
+      negatives += 1
+  stats = json.loads((path / "stats.json").read_text())["negatives"]
+  assert negatives == stats["made"] == 72 - stats["dropped"] and stats["dropped"] <= 1
