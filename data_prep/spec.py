@@ -52,6 +52,7 @@ aside) and of the raw files' paths, sizes and modification times: a changed spec
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import glob
 import hashlib
@@ -63,6 +64,7 @@ import shutil
 import tomllib
 
 import numpy as np
+import tqdm
 
 from ctrjax.data.schema import FIRST_ID, OOV_ID, SPLITS, Field, Schema
 from ctrjax.data.writer import DatasetWriter
@@ -379,6 +381,7 @@ class _Build:
     self.malformed: dict[str, int] = {}
     self.examples: list[tuple[str, int, str]] = []
     self.data_lines: dict[str, int] = {}
+    self.headers: dict[str, int] = {}     # table -> header lines of its files
 
   def sql(self, query: str, params=None):
     return self.con.execute(query, params) if params is not None else self.con.execute(query)
@@ -400,6 +403,7 @@ class _Build:
     """Loads ``source`` into ``table`` with columns __file and __line; returns the raw column names."""
     files = "[" + ", ".join(_literal(f) for f in source["files"]) + "]"
     if source["format"] == "parquet":
+      self.headers[table] = 0
       self.sql(f"CREATE TABLE {table} AS SELECT *, file_row_number + 1 AS __line FROM "
                f"read_parquet({files}, filename = '__file', file_row_number = true)")
       return [c for c in self._columns(table) if c not in ("__file", "__line", "file_row_number")]
@@ -408,7 +412,7 @@ class _Build:
     self.sql(f"CREATE TABLE {table}_raw AS SELECT * FROM read_csv({files}, {options}, ignore_errors = true, "
              f"store_rejects = true, rejects_table = '{rejects}', rejects_scan = '{table}_scans', "
              f"filename = '__file')")
-    header = 1 if self._header else 0
+    header = self.headers[table] = int(self._header)
     if self._has_table(rejects):
       self.sql(f"CREATE TABLE {table}_bad AS SELECT DISTINCT s.file_path, r.line, r.column_name, r.error_message "
                f"FROM {rejects} r JOIN {table}_scans s USING (scan_id, file_id)")
@@ -507,7 +511,57 @@ def _build(spec: dict, spec_path: pathlib.Path, out_dir: pathlib.Path, args: dic
     b.close()
 
 
+@dataclasses.dataclass(frozen=True)
+class _Bound:
+  """The spec's expressions as SQL over the joined sources (checked to bind)."""
+  from_clause: str
+  label: str
+  samples: str
+  is_behavior: str
+  user: str | None
+  time: str | None                 # as a number: epoch seconds for a timestamp
+  order: list[str]
+  split: str | None                # split.column's expression
+  tiebreak: str                    # after time: the order columns, then file and line
+  side_duplicates: dict[str, int]  # side table -> rows dropped for a repeated key
+
+
 def _run(b: _Build, spec: dict, args: dict) -> pathlib.Path:
+  """The stages, each a few DuckDB tables: bind the spec, the well-formed events (ev), their splits,
+  the vocabularies (voc_*), the events' ids (evid), the histories (windows), the output rows in
+  order (out), then the dataset directory."""
+  q = _bind(b, spec)
+  _events(b, spec, q)
+  split_rule = _assign_splits(b, spec, q)
+  vocabs, vocab_stats = _vocabularies(b, spec)
+  widths, lists = _encode(b, spec)
+  hist = _histories(b, spec, q)
+  user_rule, negative_stats = _output_rows(b, spec, q, hist)
+  schema = _schema(spec, vocab_stats, widths)
+  writer = _write(b, spec, schema, hist, lists)
+  examples = sorted(set(b.examples))[:MAX_CORRUPT_EXAMPLES]
+  stats = {
+      "prep": {"script": "data_prep/spec.py", "version": PREP_VERSION, "args": args},
+      "spec": {k: v for k, v in spec.items() if k != "engine"},
+      "engine": {"duckdb": b.duckdb.__version__, **spec["engine"]},
+      "data_lines": b.data_lines,
+      "malformed": {"lines": sum(b.malformed.values()), "by_reason": b.malformed,
+                    "first_lines": [f"{f}, line {l}: {r}" for f, l, r in examples]},
+      "duplicate_side_keys": q.side_duplicates,
+      "split_rule": split_rule,
+      **({"negatives": negative_stats} if negative_stats else {}),
+      "vocab": vocab_stats,
+      **({"user_rule": user_rule} if user_rule else {}),
+  }
+  if stats["malformed"]["lines"]:
+    print(f"spec: skipped {stats['malformed']['lines']} malformed row(s) (by reason {b.malformed}; first: "
+          f"{stats['malformed']['first_lines'][:3]})")
+  return writer.finalize(stats, vocabs)
+
+
+
+def _bind(b: _Build, spec: dict) -> _Bound:
+  """Reads the sources (side tables deduplicated on their key) and binds every expression."""
   columns = b.read("src", spec["source"], "")
   files = spec["source"]["files"]
   joins, from_clause = [], "src"
@@ -543,23 +597,31 @@ def _run(b: _Build, spec: dict, args: dict) -> pathlib.Path:
   is_behavior = expression("behavior.where", behavior["where"]) if behavior and behavior["where"] else "true"
   split = spec["split"]
   split_expr = expression("split.column", split["column"]) if split["kind"] == "column" else None
-  col_types = {name: b.check_expression(f"columns.{name}.expr", col["expr"], from_clause)
-               for name, col in spec["columns"].items()}
+  for name, col in spec["columns"].items():
+    b.check_expression(f"columns.{name}.expr", col["expr"], from_clause)
   time_type = b.check_expression("time", time, from_clause) if time else None
   time_sql = (f"epoch({time})" if time_type and time_type.startswith("TIMESTAMP") else
               f"CAST({time} AS DOUBLE)" if time_type in ("FLOAT", "DOUBLE") or (time_type or "").startswith("DECIMAL")
               else time)
 
+  tiebreak = ", ".join([*(f"__o{i}" for i in range(len(order))), "__file", "__line"])
+  return _Bound(from_clause, label, samples, is_behavior, user, time_sql if time else None, order, split_expr,
+                tiebreak, side_duplicates)
+
+
+def _events(b: _Build, spec: dict, q: _Bound) -> None:
+  """Table ev: the well-formed rows with every column's raw value; the others are counted (or, with
+  on_malformed = 'error', raised)."""
   # ev: one row per well-formed event, the raw values of every column evaluated.
-  select = [f"src.__file AS __file", "src.__line AS __line", f"({label}) AS __label_raw",
-            f"coalesce(({samples}), false) AS __sample", f"coalesce(({is_behavior}), false) AS __beh"]
-  if user:
-    select.append(f"({user}) AS __user")
-  if time:
-    select.append(f"({time_sql}) AS __time")
-  select += [f"({o}) AS __o{i}" for i, o in enumerate(order)]
-  if split_expr:
-    select.append(f"CAST(({split_expr}) AS VARCHAR) AS __split_raw")
+  select = ["src.__file AS __file", "src.__line AS __line", f"({q.label}) AS __label_raw",
+            f"coalesce(({q.samples}), false) AS __sample", f"coalesce(({q.is_behavior}), false) AS __beh"]
+  if q.user:
+    select.append(f"({q.user}) AS __user")
+  if q.time:
+    select.append(f"({q.time}) AS __time")
+  select += [f"({o}) AS __o{i}" for i, o in enumerate(q.order)]
+  if q.split:
+    select.append(f"CAST(({q.split}) AS VARCHAR) AS __split_raw")
   for name, col in spec["columns"].items():
     expr = col["expr"]
     if col["kind"] == "numeric":
@@ -568,15 +630,15 @@ def _run(b: _Build, spec: dict, args: dict) -> pathlib.Path:
     elif col["kind"] in ("multi", "sequence"):
       expr = f"CAST(({expr}) AS VARCHAR)"
     select.append(f"{expr} AS {_quote('v:' + name)}")
-  b.sql(f"CREATE TABLE ev0 AS SELECT {', '.join(select)} FROM {from_clause}")
+  b.sql(f"CREATE TABLE ev0 AS SELECT {', '.join(select)} FROM {q.from_clause}")
 
   # Row checks: the reasons a row is skipped, in order; the first that applies is counted.
   checks = [("label", "TRY_CAST(__label_raw AS DOUBLE) IS NULL OR TRY_CAST(__label_raw AS DOUBLE) NOT IN (0, 1)")]
-  if user:
+  if q.user:
     checks.append(("user missing", "__user IS NULL"))
-  if time:
+  if q.time:
     checks.append(("time", "__time IS NULL OR NOT isfinite(CAST(__time AS DOUBLE))"))
-  if split_expr:
+  if q.split:
     checks.append(("split", "__split_raw IS NULL OR __split_raw NOT IN ('train', 'valid', 'test', '0', '1', '2')"))
   for name, col in spec["columns"].items():
     if col["kind"] == "numeric":
@@ -604,17 +666,20 @@ def _run(b: _Build, spec: dict, args: dict) -> pathlib.Path:
             FROM ev1 WHERE __reason IS NULL""")
   b.sql("DROP TABLE ev1")
   if not b.sql("SELECT count(*) FROM ev WHERE __sample").fetchone()[0]:
-    raise SpecError(f"{b.spec_path}: no well-formed sample rows in {files[0]}"
+    raise SpecError(f"{b.spec_path}: no well-formed sample rows in {spec['source']['files'][0]}"
                     + (f" (samples = {spec['samples']!r})" if spec["samples"] else ""))
 
+def _assign_splits(b: _Build, spec: dict, q: _Bound) -> str:
+  """Adds __split to ev (0 train, 1 valid, 2 test; NULL for rows that are no sample); returns the rule."""
   # Split of every sample: 0 train, 1 valid, 2 test.
-  tiebreak = ", ".join([*(f"__o{i}" for i in range(len(order))), "__file", "__line"])
+  split = spec["split"]
+  files = spec["source"]["files"]
   if split["kind"] == "leave_last":
     k = split["k"]
     b.sql(f"""CREATE TABLE sp AS SELECT __eid, CASE WHEN n >= {2 * k + 1} AND r > n - {k} THEN 2
                                                   WHEN n >= {2 * k + 1} AND r > n - {2 * k} THEN 1 ELSE 0 END AS __split
               FROM (SELECT __eid, count(*) OVER (PARTITION BY __user) AS n,
-                           row_number() OVER (PARTITION BY __user ORDER BY __time, {tiebreak}) AS r
+                           row_number() OVER (PARTITION BY __user ORDER BY __time, {q.tiebreak}) AS r
                     FROM ev WHERE __sample)""")
     split_rule = (f"per user by (time, order, line): last {k} sample(s) -> test, the {k} before -> valid, "
                   f"rest -> train; users with < {2 * k + 1} samples: all train")
@@ -633,7 +698,7 @@ def _run(b: _Build, spec: dict, args: dict) -> pathlib.Path:
     del split_of
     b.sql(f"CREATE TABLE rsplit AS SELECT s FROM read_csv({_literal(str(split_file))}, header = false, "
           f"columns = {{'s': 'TINYINT'}})")
-    header = 1 if b._header else 0
+    header = b.headers["src"]
     offsets = np.concatenate([[0], np.cumsum(lines)[:-1]]).tolist()
     b.sql("CREATE TABLE file_offsets (__file VARCHAR, o BIGINT)")
     b.sql("INSERT INTO file_offsets VALUES " + ", ".join(f"({_literal(f)}, {o})" for f, o in zip(files, offsets)))
@@ -651,12 +716,16 @@ def _run(b: _Build, spec: dict, args: dict) -> pathlib.Path:
   b.sql("CREATE TABLE evs AS SELECT ev.*, sp.__split FROM ev LEFT JOIN sp USING (__eid)")
   b.sql("DROP TABLE ev")
   b.sql("ALTER TABLE evs RENAME TO ev")
-  hist_sources = set(behavior["fields"].values()) if behavior else set()
-  if behavior:
+  if spec["behavior"]:
     b.sql("""CREATE TABLE visible AS SELECT __user, max(__time) AS t FROM ev
              WHERE __sample AND __split = 0 GROUP BY __user""")
+  return split_rule
 
-  # Vocabularies per table.
+
+def _vocabularies(b: _Build, spec: dict) -> tuple[dict, dict]:
+  """Tables voc_<table> (value -> id); returns each table's vocabulary list and stats."""
+  behavior = spec["behavior"]
+  hist_sources = set(behavior["fields"].values()) if behavior else set()
   tables: dict[str, list[str]] = {}
   for name, col in spec["columns"].items():
     if col["kind"] != "numeric" and col["group"] != "meta":
@@ -706,8 +775,12 @@ def _run(b: _Build, spec: dict, args: dict) -> pathlib.Path:
     values = b.sql(f"SELECT CAST(v AS VARCHAR) FROM voc_{table} ORDER BY id").fetchnumpy()
     vocabs[table] = specials + [str(v) for v in next(iter(values.values())).tolist()]
     vocab_stats[table] = {"distinct": distinct, "kept": kept, "vocab_size": kept + first_value[table]}
+  return vocabs, vocab_stats
 
-  # Ids of every event's columns.
+
+def _encode(b: _Build, spec: dict) -> tuple[dict, dict]:
+  """Table evid: ev with ids for the categorical columns and list numbers for the multi-valued ones;
+  returns their widths and the list-number -> padded ids arrays."""
   widths, lists = {}, {}
   select, joins = ["ev.* EXCLUDE (" + ", ".join(_quote("v:" + n) for n in spec["columns"]) + ")"], []
   for name, col in spec["columns"].items():
@@ -751,13 +824,17 @@ def _run(b: _Build, spec: dict, args: dict) -> pathlib.Path:
     select.append(f"coalesce({_quote('j:' + name)}.lid, 0) AS {out}")
   b.sql(f"CREATE TABLE evid AS SELECT {', '.join(select)} FROM ev {' '.join(joins)}")
   b.sql("DROP TABLE ev")
+  return widths, lists
 
+
+def _histories(b: _Build, spec: dict, q: _Bound) -> dict[str, str]:
+  """Tables ends and windows; returns the SQL of each history field (unpadded lists)."""
   # Behaviour histories: for each sample, the window of max_len behaviours ending at its user's last
   # behaviour strictly before the sample's time (found by an ASOF join on the last behaviour of each
   # (user, time)); windows are computed only for the behaviours some sample ends at.
-  hist = {}
+  behavior, hist = spec["behavior"], {}
   if behavior:
-    max_len = behavior["max_len"]
+    max_len, tiebreak = behavior["max_len"], q.tiebreak
     b.sql(f"""CREATE TABLE beh AS SELECT __eid, __user, __time, {tiebreak},
                 lead(__time) OVER (PARTITION BY __user ORDER BY __time, {tiebreak}) IS DISTINCT FROM __time AS __last
               FROM evid WHERE __beh""")
@@ -777,9 +854,16 @@ def _run(b: _Build, spec: dict, args: dict) -> pathlib.Path:
     for hname, column in behavior["fields"].items():
       hist[hname] = f"coalesce(w.{_quote(hname)}, []::INTEGER[])"     # unpadded: _left_pad pads
     hist["hist_timestamp"] = "coalesce(w.hist_timestamp, []::BIGINT[])"
+  return hist
 
+
+def _output_rows(b: _Build, spec: dict, q: _Bound, hist: dict) -> tuple[str | None, dict | None]:
+  """Table out: every output row, numbered (__rid) in split then row order, so that chunks are cheap
+  range scans; returns the rule of meta 'user' and the negative-sampling stats."""
   # The output rows, numbered in split then row order, so that chunks are cheap range scans.
-  row_order = f"__user, __time, {tiebreak}" if split["kind"] == "leave_last" else "__file, __line"
+  user, behavior = q.user, spec["behavior"]
+  row_order = f"__user, __time, {q.tiebreak}" if spec["split"]["kind"] == "leave_last" else "__file, __line"
+  user_rule = None
   user_type = b.sql("SELECT typeof(__user) FROM evid LIMIT 1").fetchone()[0] if user else None
   integral = user_type in ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT")
   if user and integral and b.sql("SELECT max(abs(__user)) < 2147483648 FROM evid").fetchone()[0]:
@@ -794,7 +878,7 @@ def _run(b: _Build, spec: dict, args: dict) -> pathlib.Path:
   fields_sql += ["s.__label AS label", "CAST(s.__line AS BIGINT) AS line"]
   if user:
     fields_sql.append(f"{user_meta} AS \"user\"")
-  if time:
+  if q.time:
     fields_sql.append("CAST(s.__time AS BIGINT) AS \"timestamp\"")
   fields_sql += [f"{sql} AS {_quote(n)}" for n, sql in hist.items()]
   hist_join = ("LEFT JOIN ends USING (__eid) LEFT JOIN windows w ON w.__end = ends.__end" if behavior else "")
@@ -804,18 +888,18 @@ def _run(b: _Build, spec: dict, args: dict) -> pathlib.Path:
   b.sql(f"""CREATE TABLE out AS SELECT row_number() OVER (ORDER BY s.__split, {', '.join('s.' + c.strip() for c in row_order.split(','))}, s.__neg) - 1 AS __rid,
               s.__split, {', '.join(fields_sql)}
             FROM ({samples}) s {hist_join} ORDER BY __rid""")
+  return user_rule, negative_stats
 
-  schema = _schema(spec, vocab_stats, widths)
+
+def _write(b: _Build, spec: dict, schema: Schema, hist: dict, lists: dict) -> DatasetWriter:
+  """Streams out into a DatasetWriter, chunk by chunk (histories padded, list numbers looked up here)."""
+  behavior = spec["behavior"]
   rows = dict(b.sql("SELECT __split, count(*) FROM out GROUP BY __split").fetchall())
   writer = DatasetWriter(b.out_dir, schema)
   elements = max(1, sum(int(np.prod(f.shape)) for f in schema.fields))
   chunk_rows = int(max(1, min(MAX_CHUNK_ROWS, CHUNK_ELEMENTS // elements)))
   start = 0
-  try:
-    from tqdm import tqdm
-    progress = tqdm(total=sum(rows.values()), desc="spec: writing", unit="row", disable=None)
-  except ImportError:
-    progress = None
+  progress = tqdm.tqdm(total=sum(rows.values()), desc="spec: writing", unit="row", disable=None)
   for s, split_name in enumerate(SPLITS):
     end = start + rows.get(s, 0)
     for a in range(start, end, chunk_rows):
@@ -837,30 +921,10 @@ def _run(b: _Build, spec: dict, args: dict) -> pathlib.Path:
           values = _left_pad(values, np.asarray(got["len:" + f.name][0]), f.shape[:1], f.dtype)
         chunk[f.name] = (lists[source or f.name][values] if (source or f.name) in lists else values).astype(f.dtype)
       writer.append(split_name, chunk)
-      if progress is not None:
-        progress.update(z - a)
+      progress.update(z - a)
     start = end
-  if progress is not None:
-    progress.close()
-
-  examples = sorted(set(b.examples))[:MAX_CORRUPT_EXAMPLES]
-  stats = {
-      "prep": {"script": "data_prep/spec.py", "version": PREP_VERSION, "args": args},
-      "spec": {k: v for k, v in spec.items() if k != "engine"},
-      "engine": {"duckdb": b.duckdb.__version__, **spec["engine"]},
-      "data_lines": b.data_lines,
-      "malformed": {"lines": sum(b.malformed.values()), "by_reason": b.malformed,
-                    "first_lines": [f"{f}, line {l}: {r}" for f, l, r in examples]},
-      "duplicate_side_keys": side_duplicates,
-      "split_rule": split_rule,
-      **({"negatives": negative_stats} if negative_stats else {}),
-      "vocab": vocab_stats,
-      **({"user_rule": user_rule} if user else {}),
-  }
-  if stats["malformed"]["lines"]:
-    print(f"spec: skipped {stats['malformed']['lines']} malformed row(s) (by reason {b.malformed}; first: "
-          f"{stats['malformed']['first_lines'][:3]})")
-  return writer.finalize(stats, vocabs)
+  progress.close()
+  return writer
 
 
 def _samples_with_negatives(b: _Build, spec: dict) -> tuple[str, dict | None]:
