@@ -9,6 +9,7 @@ import pytest
 import data_prep
 from configs import din as din_config
 from ctrjax.data.dataset import Dataset
+from ctrjax.data.schema import SPLITS
 from ctrjax.train import trainer
 from data_prep import spec as spec_lib
 from tests.conftest import shared_path
@@ -253,3 +254,21 @@ def test_negative_sampling_follows_each_positive_with_an_item_the_user_never_had
       negatives += 1
   stats = json.loads((path / "stats.json").read_text())["negatives"]
   assert negatives == stats["made"] == 72 - stats["dropped"] and stats["dropped"] <= 1
+
+
+def test_parquet_a_split_column_a_samples_filter_and_a_side_table(tmp_path):
+  import duckdb
+  raw = _write(tmp_path / "raw").parent
+  duckdb.sql(f"COPY (SELECT * FROM read_csv('{raw / 'clicks.csv'}')) TO '{raw / 'clicks.parquet'}' (FORMAT parquet)")
+  (raw / "items.csv").write_text("item,brand\ni1,b1\ni2,b2\ni3,b1\n")
+  spec = SPEC.replace('files = "clicks.csv"', 'files = "clicks.parquet"\nsamples = "ts >= 150"').replace(
+      "[split]\nleave_last = 1", "[split]\ncolumn = \"CASE WHEN ts < 400 THEN 'train' WHEN ts < 600 THEN 'valid' ELSE 'test' END\"")
+  spec = spec.replace("[columns]", '[tables.items]\nfiles = "items.csv"\nkey = "item"\non = "item"\n[columns]\n'
+                                    'brand = {expr = "items.brand", group = "item", vocab = "items"}')
+  (raw / "clicks.toml").write_text(spec)
+  path = _prepare(raw / "clicks.toml", tmp_path / "prepared")
+  train, valid, test = (_columns(path, s) for s in SPLITS)
+  assert train["timestamp"] == [200, 300, 150, 150] and valid["timestamp"] == [400, 500] and test["timestamp"] == [600]
+  assert train["line"] == [2, 3, 6, 7]                        # Parquet: the row's 1-based number
+  assert train["brand"] == [3, 2, 1, 2]                       # b1 -> 2, b2 -> 3; i4 has no brand: 1
+  assert train["hist_item"][2] == [0, 0, 3]                   # the t=100 event is a behaviour, not a sample
