@@ -20,6 +20,7 @@ Each preparation runs in its own process (``--step``), which reports its wall ti
 """
 import argparse
 import json
+import os
 import pathlib
 import platform
 import resource
@@ -121,10 +122,17 @@ def _measure(kind: str, work: pathlib.Path) -> dict:
   return result
 
 
+def _save(key: str, value: dict) -> None:
+  """Sets ``key`` in the results file, re-read first (the two parts may run as separate processes)."""
+  results = json.loads(OUT.read_text()) if OUT.is_file() else {}
+  results[key] = {**value, "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, shared"}
+  OUT.write_text(json.dumps(results, indent=1) + "\n")
+
+
 def _same_output(a: pathlib.Path, b: pathlib.Path) -> bool:
   from ctrjax.data.dataset import Dataset
   da, db = Dataset(a, validate=False), Dataset(b, validate=False)
-  return all(np.array_equal(np.asarray(da.columns[s][f]), np.asarray(db.columns[s][f]))
+  return set(da.columns["train"]) == set(db.columns["train"]) and all(np.array_equal(np.asarray(da.columns[s][f]), np.asarray(db.columns[s][f]))
              for s in da.columns for f in da.columns[s])
 
 
@@ -141,8 +149,6 @@ def main() -> None:
   if a.step:
     return step(a.step, work)
   work.mkdir(parents=True, exist_ok=True)
-  results = json.loads(OUT.read_text()) if OUT.is_file() else {}
-  results["machine"] = f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores"
   if a.only in (None, "behavior"):
     raw = work / "user_behavior.csv.gz"
     marker = work / f"user_behavior.{a.behavior_rows}"
@@ -153,9 +159,8 @@ def main() -> None:
       print(f"generated {a.behavior_rows} behaviour rows in {marker.read_text()} s ({raw.stat().st_size >> 20} MB gzip)")
     (work / "behavior.toml").write_text(BEHAVIOR_SPEC.format(last_day=LAST_DAY, memory_limit=a.memory_limit))
     r = _measure("spec_behavior", work)
-    results["behavior"] = {"rows": a.behavior_rows, "memory_limit": a.memory_limit, "gzip_mb": raw.stat().st_size >> 20,
-                           "generate_seconds": float(marker.read_text()), **r}
-    OUT.write_text(json.dumps(results, indent=1) + "\n")
+    _save("behavior", {"rows": a.behavior_rows, "memory_limit": a.memory_limit, "gzip_mb": raw.stat().st_size >> 20,
+                       "generate_seconds": float(marker.read_text()), **r})
   if a.only in (None, "criteo"):
     raw = work / "criteo.txt"
     marker = work / f"criteo.{a.criteo_lines}"
@@ -165,10 +170,10 @@ def main() -> None:
     (work / "criteo.toml").write_text(criteo_spec(a.memory_limit))
     today = _measure("criteo", work)
     spec = _measure("spec_criteo", work)
-    results["criteo"] = {"lines": a.criteo_lines, "memory_limit": a.memory_limit, "data_prep.criteo": today,
-                         "spec": spec, "outputs_equal": _same_output(pathlib.Path(today["out"]), pathlib.Path(spec["out"]))}
-    print(f"criteo outputs equal: {results['criteo']['outputs_equal']}")
-    OUT.write_text(json.dumps(results, indent=1) + "\n")
+    equal = _same_output(pathlib.Path(today["out"]), pathlib.Path(spec["out"]))
+    print(f"criteo outputs equal: {equal}")
+    _save("criteo", {"lines": a.criteo_lines, "memory_limit": a.memory_limit, "data_prep.criteo": today,
+                     "spec": spec, "outputs_equal": equal})
   print(f"wrote {OUT}")
 
 

@@ -272,3 +272,8 @@ def test_parquet_a_split_column_a_samples_filter_and_a_side_table(tmp_path):
   assert train["line"] == [2, 3, 6, 7]                        # Parquet: the row's 1-based number
   assert train["brand"] == [3, 2, 1, 2]                       # b1 -> 2, b2 -> 3; i4 has no brand: 1
   assert train["hist_item"][2] == [0, 0, 3]                   # the t=100 event is a behaviour, not a sample
+
+
+def test_a_spec_datasets_results_are_named_by_the_spec_file():
+  from experiments import grid
+  assert grid.dataset_label(data_prep.dataset_config("spec", spec="my_data/clicks.toml")) == "spec-clicks"
