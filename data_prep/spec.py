@@ -378,6 +378,7 @@ class _Build:
       self.sql(f"SET threads = {int(engine['threads'])}")
     self.sql("SET preserve_insertion_order = true")
     self.sql("SET TimeZone = 'UTC'")
+    self.sql("SET enable_progress_bar = true")
     self.malformed: dict[str, int] = {}
     self.examples: list[tuple[str, int, str]] = []
     self.data_lines: dict[str, int] = {}
@@ -530,12 +531,18 @@ def _run(b: _Build, spec: dict, args: dict) -> pathlib.Path:
   """The stages, each a few DuckDB tables: bind the spec, the well-formed events (ev), their splits,
   the vocabularies (voc_*), the events' ids (evid), the histories (windows), the output rows in
   order (out), then the dataset directory."""
+  stage = lambda what: print(f"spec: {what}", flush=True)   # DuckDB's own bar shows a long query's progress
+  stage("reading the files")
   q = _bind(b, spec)
   _events(b, spec, q)
+  stage("splits and vocabularies")
   split_rule = _assign_splits(b, spec, q)
   vocabs, vocab_stats = _vocabularies(b, spec)
   widths, lists = _encode(b, spec)
+  if spec["behavior"]:
+    stage("behaviour histories")
   hist = _histories(b, spec, q)
+  stage("ordering the rows")
   user_rule, negative_stats = _output_rows(b, spec, q, hist)
   schema = _schema(spec, vocab_stats, widths)
   writer = _write(b, spec, schema, hist, lists)
