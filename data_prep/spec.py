@@ -1,7 +1,7 @@
 """A dataset from a spec file: CSV/TSV/Parquet logs -> a ctrjax dataset directory, without Python.
 
-Usage:
-  ./run.sh configs/din.py --config.dataset.name=spec --config.dataset.spec=path/to/my_data.toml
+Usage: in a config, ``c.dataset = data_prep.dataset_config("spec", spec="path/to/my_data.toml")``
+(then ``--config.dataset.spec=other.toml`` switches specs on the command line), or
   python -m data_prep.spec path/to/my_data.toml [--out_root R] [--force]
 or ``prepare(out_root, spec=...)`` from Python. docs/your_data.md walks through an example; every
 key is described in ``KEYS`` below (a typo'd key is an error naming it).
@@ -37,7 +37,7 @@ Protocol, row by row of the main files (each row is an event):
     table>"`` takes every row of that side table; ``levels = n`` fixes the vocabulary to the
     integers 0..n-1 (id = value + 2).
   * output rows: leave_last splits in (user, time, order, line) order, the others in file order.
-    Meta fields: ``line`` (1-based line of the raw file), ``user`` (the raw id when it is an integer,
+    Meta fields: ``line`` (1-based line of the raw file; Parquet: row number), ``user`` (the raw id when it is an integer,
     else its rank among the users, for GAUC), ``timestamp`` and ``hist_timestamp``.
 Malformed rows (wrong field count, a value that does not parse as its column's type, a label other
 than 0/1, a non-finite number, a missing user or time, a split value not train/valid/test) are
