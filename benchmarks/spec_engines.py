@@ -51,8 +51,9 @@ def duckdb_histories(path: str, memory_limit: str):
             FROM ev e JOIN v_item_id vi ON e.item_id = vi.v JOIN v_category_id vc ON e.category_id = vc.v))
     WHERE {sample}""")
   pad = lambda h: f"list_concat(list_resize([]::INTEGER[], {L} - len(coalesce({h}, [])), 0), coalesce({h}, []))"
-  got = con.execute(f"SELECT flatten(list({pad('hi')})), flatten(list({pad('hc')})) FROM w").fetchnumpy()
-  return [np.asarray(v[0]).reshape(-1, L) for v in got.values()]
+  positions = ", ".join(f"{pad(h)}[{k + 1}] AS {h}{k}" for h in ("hi", "hc") for k in range(L))
+  got = con.execute(f"SELECT {positions} FROM w").fetchnumpy()
+  return [np.stack([got[f"{h}{k}"] for k in range(L)], 1) for h in ("hi", "hc")]
 
 
 def polars_histories(path: str, memory_limit: str):
@@ -90,7 +91,8 @@ def main():
     return
   work = pathlib.Path(a.work)
   work.mkdir(parents=True, exist_ok=True)
-  results = {"task": f"histories of the last {L} strictly earlier events for the last day's events", "runs": []}
+  results = json.loads(OUT.read_text()) if OUT.is_file() else {}
+  results["task"] = f"histories of the last {L} strictly earlier events for the last day's events"
   for rows in a.rows:
     path = work / f"behavior_{rows}.csv.gz"
     if not path.exists():
@@ -101,10 +103,11 @@ def main():
       if proc.returncode:
         raise RuntimeError(proc.stderr[-3000:])
       run = {"rows": rows, "engine": engine, "memory_limit": limit, **json.loads(proc.stdout.splitlines()[-1])}
-      results["runs"].append(run)
+      results["runs"] = [r for r in results.get("runs", []) if (r["rows"], r["engine"], r["memory_limit"])
+                         != (rows, engine, limit)] + [run]
       print(f"{rows:>11,} rows  {engine:7s} limit {limit:4s}  {run['seconds']:6.1f} s  peak RSS "
             f"{run['peak_rss_mb']:6.0f} MB  samples {run['samples']:,}  checksum {run['checksum']}", flush=True)
-  OUT.write_text(json.dumps(results, indent=1) + "\n")
+      OUT.write_text(json.dumps(results, indent=1) + "\n")
   print(f"wrote {OUT}")
 
 
