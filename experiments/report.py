@@ -42,9 +42,17 @@ def _check_comparable(grid: Grid, root: pathlib.Path, results: dict[str, list[di
   """Refuses runs whose configs differ in more than their variant's own override fields and the
   seed (e.g. runs of one grid trained at two learning rates): their Δ and p-values would compare
   more than the variants. The UserError names two such runs and the fields."""
-  runs = [(workdir_of(root, v, seed), config_fields(r["config"]), {*grid.variants[v], "seed"})
-          for v, rs in results.items() for seed, r in zip(grid.seeds, rs)]
+  runs = [(workdir_of(root, v, seed), config_fields(r["config"]), v) for v, rs in results.items()
+          for seed, r in zip(grid.seeds, rs)]
   every_field, missing = set().union(*(fields for _, fields, _ in runs)), object()
+
+  def owned(variant: str) -> set[str]:
+    """The flat fields a variant sets: its dotted keys, and every field under a key it sets to a dict
+    (configs/ablation_din.py's {"model": {...}})."""
+    keys = {*grid.variants[variant], "seed"}
+    return {k for k in every_field if k in keys or any(k.startswith(f"{o}.") for o in keys)} | keys
+
+  runs = [(workdir, fields, owned(variant)) for workdir, fields, variant in runs]
   first = {}                          # field -> (its value, the run) of the first run not overriding it
   for run in runs:
     workdir, fields, own = run

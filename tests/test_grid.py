@@ -1,5 +1,6 @@
 """Grid runner: table statistics, figures, and a killed grid resuming to the identical table."""
 import csv
+import dataclasses
 import importlib.util
 import json
 import os
@@ -304,3 +305,11 @@ def test_summarize_keeps_runs_of_different_configs_apart(grid_run):
   rows = table.splitlines()[2:]
   assert len(rows) == 2 and all("| 2 |" in r for r in rows)
   assert "model.pooling=mean" in table and "model.pooling=sum" in table
+
+
+def test_report_takes_a_variant_that_sets_a_whole_sub_config(grid_config, grid_run, tmp_path):
+  """configs/ablation_din.py's variants set "model" to a dict: every model.* field is theirs."""
+  toy, grid = _toy(grid_config)
+  nested = dataclasses.replace(grid, variants={"sum": {}, "mean": {"model": {"pooling": "mean"}}})
+  report.write_report(nested, grid_run, tmp_path / "results", toy.dataset.path)
+  assert len(_table(tmp_path / "results")) == 2
