@@ -114,6 +114,10 @@ SYNTHETIC = {
     "split": Option((0.8, 0.1, 0.1), "train, valid, test fractions"),
     "seed": Option(0, "the world and the rows"),
 }
+SPEC = {
+    "spec": Option("", "a dataset spec file (TOML; relative: to the repository): raw CSV/Parquet files, "
+                       "label, columns, split, behaviours (docs/your_data.md)"),
+}
 
 DATASETS: dict[str, Dataset] = {
     **{name: Dataset("movielens", MOVIELENS, takes_name=True)
@@ -123,6 +127,7 @@ DATASETS: dict[str, Dataset] = {
     "criteo": Dataset("criteo", CRITEO),
     "avazu": Dataset("avazu", AVAZU),
     "synthetic": Dataset("synthetic", SYNTHETIC),
+    "spec": Dataset("spec", SPEC),
 }
 PATH = "path"   # name of an already prepared directory: config.dataset.path
 

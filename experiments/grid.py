@@ -66,8 +66,11 @@ def default_workdir(config_arg: str) -> pathlib.Path:
 
 
 def dataset_label(dataset: ml_collections.ConfigDict) -> str:
-  """The dataset's name in results/: its name, or for name='path' the prepared directory's name."""
-  return pathlib.Path(dataset.path).resolve().name if dataset.name == "path" else dataset.name
+  """The dataset's name in results/: its name, for name='path' the prepared directory's name, for
+  name='spec' 'spec-<spec file stem>'."""
+  if dataset.name == "path":
+    return pathlib.Path(dataset.path).resolve().name
+  return f"spec-{pathlib.Path(dataset.spec).stem}" if dataset.name == "spec" else dataset.name
 
 
 def grid_dirs(grid: Grid, arg: str, config: ml_collections.ConfigDict,

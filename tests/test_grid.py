@@ -1,5 +1,6 @@
 """Grid runner: table statistics, figures, and a killed grid resuming to the identical table."""
 import csv
+import dataclasses
 import importlib.util
 import json
 import os
