@@ -10,7 +10,7 @@ input: for every (model, batch size), four feeds of the trainer (ctrjax/train/fe
   side in one process: placement host or device x steps_per_call 1 or 16; after a warm-up that
   compiles, two interleaved rounds of ``--steps`` steps each (calls of K that never cross an epoch
   end, as the trainer's loop makes them); samples/s = steps x batch / wall time, the mean of the
-  rounds. Writes benchmarks/results/scale_input.json.
+  rounds. Writes benchmarks/results/scale_input.json (after each pair: a cut run keeps its rows).
 big: each phase in a subprocess whose peak RSS (``os.wait4``'s ru_maxrss: resident pages, file pages
   of the memmapped columns read included) and wall time are measured: (1) ``data_prep.synthetic``
   writes the dataset; (2) one DIN epoch on it (configs/din.py, batch 1024, the lazy Adam embedding
@@ -92,13 +92,13 @@ def bench_input(a):
       rows.append(row)
       print(f"{model:10s} {batch:6d} " + " ".join(f"{row[f'{p}_k{k}']:12,.0f}" for p, k in MODES)
             + f"   device K16 / host K1 = {row['device_k16'] / row['host_k1']:.2f}x", flush=True)
+      _write(a.out or RESULTS / "scale_input.json", {"rows": a.rows, "steps": a.steps, "results": rows})
       del feeds
   print(f"{a.rows:,} rows, {jax.device_count()} {jax.devices()[0].platform} device(s), "
         f"{a.steps} steps x 2 rounds; samples/s")
   print(f"{'model':10s} {'batch':>6s} " + " ".join(f"{p + ' K' + str(k):>12s}" for p, k in MODES))
   for r in rows:
     print(f"{r['model']:10s} {r['batch_size']:6d} " + " ".join(f"{r[f'{p}_k{k}']:12,.0f}" for p, k in MODES))
-  _write(a.out or RESULTS / "scale_input.json", {"rows": a.rows, "steps": a.steps, "results": rows})
 
 
 def _measured(cmd: list[str]) -> dict:

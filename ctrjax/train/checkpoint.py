@@ -154,8 +154,9 @@ class Checkpointer:
 
 
 def _dotted(path) -> str:
-  """A key path as orbax names the array: "train.opt_state.0.mu.embedding.item_id"."""
-  return ".".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+  """A key path as orbax names its array: "train.opt_state.0.mu.embedding.item_id"."""
+  return ".".join(str(k.key if isinstance(k, jax.tree_util.DictKey) else
+                      k.name if isinstance(k, jax.tree_util.GetAttrKey) else k.idx) for k in path)
 
 
 def _row_sharded(leaf: jax.ShapeDtypeStruct) -> bool:
