@@ -159,7 +159,7 @@ def main() -> None:
       print(f"generated {a.behavior_rows} behaviour rows in {marker.read_text()} s ({raw.stat().st_size >> 20} MB gzip)")
     (work / "behavior.toml").write_text(BEHAVIOR_SPEC.format(last_day=LAST_DAY, memory_limit=a.memory_limit))
     r = _measure("spec_behavior", work)
-    _save("behavior", {"rows": a.behavior_rows, "memory_limit": a.memory_limit, "gzip_mb": raw.stat().st_size >> 20,
+    _save("behavior", {"log_rows": a.behavior_rows, "memory_limit": a.memory_limit, "gzip_mb": raw.stat().st_size >> 20,
                        "generate_seconds": float(marker.read_text()), **r})
   if a.only in (None, "criteo"):
     raw = work / "criteo.txt"
