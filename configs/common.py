@@ -8,6 +8,7 @@ A config's argument is the text after ``:`` in ``./run.sh configs/FILE.py:ARG``,
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import inspect
 import os
 import pathlib
@@ -187,3 +188,16 @@ DEFAULT_SEARCH_SPACE: SearchSpace = {
 def search_space(module, arg: str | None) -> SearchSpace:
   """A config module's ``get_search_space(arg)``, or DEFAULT_SEARCH_SPACE if it declares none."""
   return module.get_search_space(arg) if hasattr(module, "get_search_space") else dict(DEFAULT_SEARCH_SPACE)
+
+
+def missing_field(config: ml_collections.ConfigDict, key: str) -> tuple[str, str, str] | None:
+  """Where dotted ``key`` leaves ``config``: (the fields walked, as ``.a.b``; the first part it lacks;
+  a did-you-mean or the fields there), or None when ``config`` has it. For one-line key errors."""
+  node, walked = config, ""
+  for part in key.split("."):
+    if not hasattr(node, "keys") or part not in node:
+      known = sorted(node.keys()) if hasattr(node, "keys") else []
+      close = difflib.get_close_matches(part, known, n=3)
+      return walked, part, (f"did you mean {' or '.join(close)}?" if close else f"fields there: {', '.join(known)}")
+    node, walked = node[part], f"{walked}.{part}"
+  return None

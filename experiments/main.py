@@ -8,7 +8,6 @@ Multi-process (one process per host, e.g. on a GPU cluster): pass --coordinator_
 --num_processes and --process_id (or nothing on SLURM/TPU, where jax.distributed detects them)
 together with --distributed.
 """
-import difflib
 import importlib.util
 import json
 import os
@@ -222,14 +221,9 @@ def _unknown_override(argv) -> str | None:
     if not a.startswith("--config."):
       continue
     key = a[len("--config."):].split("=", 1)[0]
-    node = config
-    for part in key.split("."):
-      if not hasattr(node, "keys") or part not in node:
-        known = sorted(node.keys()) if hasattr(node, "keys") else []
-        close = difflib.get_close_matches(part, known, n=3)
-        hint = f"did you mean {' or '.join(close)}?" if close else f"fields there: {', '.join(known)}"
-        return f"--config.{key}: {path} has no field {part!r} ({hint})"
-      node = node[part]
+    if missing := common.missing_field(config, key):
+      _, part, hint = missing
+      return f"--config.{key}: {path} has no field {part!r} ({hint})"
   return None
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import difflib
 import hashlib
 import json
 import math
@@ -38,7 +37,7 @@ import optuna
 import tqdm
 from scipy import stats
 
-from configs.common import FULL_SEEDS, Choice, Fixed, Grid, LogUniform, SearchSpace, Uniform
+from configs.common import FULL_SEEDS, Choice, Fixed, Grid, LogUniform, SearchSpace, Uniform, missing_field
 from ctrjax.errors import ConfigError, UserError
 from ctrjax.train import trainer
 from experiments import grid as grid_lib
@@ -58,15 +57,9 @@ def check_space(config: ml_collections.ConfigDict, space: SearchSpace, source: s
   """Each key of ``space`` must be a field of ``config`` and each value it can take must pass the
   config's checks (type, trainer.validate_config); else a ConfigError naming ``source`` and the key."""
   for key in space:
-    node, path = config, []
-    for part in key.split("."):
-      if not hasattr(node, "keys") or part not in node:
-        known = sorted(node.keys()) if hasattr(node, "keys") else []
-        close = difflib.get_close_matches(part, known, n=3)
-        hint = f"did you mean {' or '.join(close)}?" if close else f"fields there: {', '.join(known)}"
-        raise ConfigError(f"{source}: search space key {key!r}: config{''.join('.' + p for p in path)} "
-                          f"has no field {part!r} ({hint})")
-      node, path = node[part], path + [part]
+    if missing := missing_field(config, key):
+      walked, part, hint = missing
+      raise ConfigError(f"{source}: search space key {key!r}: config{walked} has no field {part!r} ({hint})")
   fixed = {k: d.value for k, d in space.items() if isinstance(d, Fixed)}
   for key, dist in space.items():
     for value in _extremes(dist):
