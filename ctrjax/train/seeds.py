@@ -78,6 +78,6 @@ def train_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int],
     program = trainer.Program(
         feed=feed_lib.make_feed(setup, sources, stacked=True, host_batches=host_batches),
         predict=predict, init_state=lambda seed: setup.init_state(sources[0][0], seed=seed),
-        steps_per_epoch=sources[0].batches_per_epoch, stacked=True, steps_per_call=config.steps_per_call)
+        steps_per_epoch=sources[0].batches_per_epoch, stacked=True)
     return trainer.EpochLoop(setup, program, [seed_config(config, s) for s in seeds], workdirs,
                              seeds_in_parallel=len(seeds)).run()

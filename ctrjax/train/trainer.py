@@ -296,7 +296,6 @@ class Program:
   init_state: Callable    # seed -> that run's fresh (unstacked) TrainState
   steps_per_epoch: int
   stacked: bool
-  steps_per_call: int = 1
 
   def stack(self, trees: list):
     """The runs' trees -> the program's tree."""
@@ -511,7 +510,7 @@ class EpochLoop:
     try:
       while step < self.total_steps and (self.live or self.parked):
         self._unpark(step)
-        n = feed_lib.call_size(step, steps_per_epoch, self.program.steps_per_call)
+        n = feed_lib.call_size(step, steps_per_epoch, config.steps_per_call)
         if any(step < self.runs[k].progress.step < step + n for k in self.parked):
           n = 1                                   # a call never steps over a parked run's step
         self.state, step_metrics = self.program.feed.steps(self.state, self.rngs, n)
@@ -661,8 +660,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     program = Program(feed=feed_lib.make_feed(setup, [source], stacked=False,
                                               host_batches=lambda: setup.batches(source)),
                       predict=setup.predict, init_state=lambda seed: setup.init_state(source[0], seed),
-                      steps_per_epoch=source.batches_per_epoch, stacked=False,
-                      steps_per_call=config.steps_per_call)
+                      steps_per_epoch=source.batches_per_epoch, stacked=False)
     return EpochLoop(setup, program, [config], [workdir], restart, on_epoch).run()[0]
 
 
