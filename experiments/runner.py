@@ -41,21 +41,30 @@ def run_grid(config: ml_collections.ConfigDict, grid: Grid, root: pathlib.Path,
   Several workers may run the same grid at once (the same command started again, on this machine
   or on hosts sharing the filesystem): each run is claimed with a lock, so a worker takes the runs
   no other holds, then waits for the others' runs and takes over any whose worker died."""
-  from ctrjax.train import trainer
   root, results_dir = pathlib.Path(root), pathlib.Path(results_dir)
-  finished = check_finished(config, grid, root)
   if config.seeds_in_parallel:
-    return _run_grid_seeds_in_parallel(config, grid, root, results_dir, dataset_path, finished)
+    return _run_grid_seeds_in_parallel(config, grid, root, results_dir, dataset_path,
+                                       check_finished(config, grid, root))
+  _work_through(grid_jobs(config, grid, root, dataset_path))
+  return _report(grid, root, results_dir, dataset_path)
+
+
+def grid_jobs(config: ml_collections.ConfigDict, grid: Grid, root: pathlib.Path, dataset_path: pathlib.Path,
+              tag: str = "") -> list[_Job]:
+  """One job per (variant, seed) of ``grid`` under ``root``, claimed by its lock file and done when
+  its run finished with the config the grid wants (``check_finished``); ``tag`` prefixes the
+  variant in the progress lines (experiments/tune.py names its study)."""
+  from ctrjax.train import trainer
+  finished = check_finished(config, grid, root)
   todo = runs(grid, root)
   jobs = []
   for i, (variant, seed, workdir) in enumerate(todo, 1):
     def train(variant=variant, seed=seed, workdir=workdir):
       _note_cut_files([workdir])
       trainer.train_and_evaluate(with_overrides(config, grid.variants[variant], seed), workdir, dataset_path)
-    jobs.append(_Job(f"[{i}/{len(todo)}] {variant} seed {seed}", root / variant / f".seed{seed}.lock",
+    jobs.append(_Job(f"[{i}/{len(todo)}] {tag}{variant} seed {seed}", root / variant / f".seed{seed}.lock",
                      lambda v=variant, s=seed: finished(v, s), lambda w=workdir: f"running in {w}", train))
-  _work_through(jobs)
-  return _report(grid, root, results_dir, dataset_path)
+  return jobs
 
 
 def _run_grid_seeds_in_parallel(config, grid: Grid, root: pathlib.Path, results_dir: pathlib.Path,

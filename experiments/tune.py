@@ -270,15 +270,7 @@ class Tuning:
     if best is None:
       return []
     grid, root = self.seeds_grid(best, seeds)
-    finished = runner.check_finished(self.base, grid, root)
-    jobs = []
-    for variant, seed, workdir in grid_lib.runs(grid, root):
-      def train(variant=variant, seed=seed, workdir=workdir):
-        trainer.train_and_evaluate(grid_lib.with_overrides(self.base, grid.variants[variant], seed), workdir,
-                                   self.dataset_path)
-      jobs.append(runner._Job(f"{self.label} {variant} seed {seed}", root / variant / f".seed{seed}.lock",
-                              lambda v=variant, s=seed: finished(v, s), lambda w=workdir: f"running in {w}", train))
-    return jobs
+    return runner.grid_jobs(self.base, grid, root, self.dataset_path, tag=f"{self.label} ")
 
   def seed_runs(self, seeds=FULL_SEEDS) -> list[dict]:
     """The best setting's finished seed runs (load_run), [] if they have not all finished."""
