@@ -142,7 +142,7 @@ def main(argv):
     raise UserError(f"report: the protocol 'tuned' writes its tables when it ends; rerun "
                     f"./run.sh {config_arg} (finished trials and runs are reused)")
   if command == "report":
-    runner.check_finished(config, grid, root)
+    runner.check_finished(config, grid, root, dataset_path)
     report.write_report(grid, root, results, dataset_path)
     return
   _announce(jax, root)

@@ -43,7 +43,17 @@ def _check_comparable(grid: Grid, root: pathlib.Path, results: dict[str, list[di
   """Refuses runs whose configs differ in more than their variant's own override fields and the
   seed (e.g. runs of one grid trained at two learning rates): their Δ and p-values would compare
   more than the variants. An override of a subtree (ablation_din's ``model``) owns every field in
-  it. The UserError names two such runs and the fields."""
+  it. The UserError names two such runs and the fields. Runs trained on different data (result.json's
+  ``data_fingerprint``; runs older than it carry none) are refused too."""
+  fingerprints = {}
+  for v, rs in results.items():
+    for seed, r in zip(grid.seeds, rs):
+      if r.get("data_fingerprint"):
+        fingerprints.setdefault(r["data_fingerprint"], workdir_of(root, v, seed))
+  if len(fingerprints) > 1:
+    (fa, wa), (fb, wb) = list(fingerprints.items())[:2]
+    raise UserError(f"{wa} and {wb} trained on different data (dataset fingerprints {fa}, {fb}), so one "
+                    "table cannot compare them; rerun one grid into another --workdir")
   runs = [(workdir_of(root, v, seed), config_fields(r["config"]), (*grid.variants[v], "seed"))
           for v, rs in results.items() for seed, r in zip(grid.seeds, rs)]
   every_field, missing = set().union(*(fields for _, fields, _ in runs)), object()

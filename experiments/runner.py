@@ -44,7 +44,7 @@ def run_grid(config: ml_collections.ConfigDict, grid: Grid, root: pathlib.Path,
   root, results_dir = pathlib.Path(root), pathlib.Path(results_dir)
   if config.seeds_in_parallel:
     return _run_grid_seeds_in_parallel(config, grid, root, results_dir, dataset_path,
-                                       check_finished(config, grid, root))
+                                       check_finished(config, grid, root, dataset_path))
   _work_through(grid_jobs(config, grid, root, dataset_path))
   return _report(grid, root, results_dir, dataset_path)
 
@@ -55,7 +55,7 @@ def grid_jobs(config: ml_collections.ConfigDict, grid: Grid, root: pathlib.Path,
   its run finished with the config the grid wants (``check_finished``); ``tag`` prefixes the
   variant in the progress lines (experiments/tune.py names its study)."""
   from ctrjax.train import trainer
-  finished = check_finished(config, grid, root)
+  finished = check_finished(config, grid, root, dataset_path)
   todo = runs(grid, root)
   jobs = []
   for i, (variant, seed, workdir) in enumerate(todo, 1):
@@ -88,14 +88,17 @@ def _run_grid_seeds_in_parallel(config, grid: Grid, root: pathlib.Path, results_
   return _report(grid, root, results_dir, dataset_path)
 
 
-def check_finished(config: ml_collections.ConfigDict, grid: Grid,
-                   root: pathlib.Path) -> Callable[[str, int], bool]:
+def check_finished(config: ml_collections.ConfigDict, grid: Grid, root: pathlib.Path,
+                   dataset_path: pathlib.Path) -> Callable[[str, int], bool]:
   """Refuses a grid whose finished runs under ``root`` were trained with another config than
   ``config`` and the variants' overrides give them (a UserError naming the run and the fields;
-  resume-free fields such as progress_bar aside), before anything trains; returns
+  resume-free fields such as progress_bar aside), or on other data than ``dataset_path`` (its
+  content fingerprint, trainer.check_same_data), before anything trains; returns
   ``finished(variant, seed)``, which checks again each time it is asked (another worker may
   finish a run meanwhile). A run whose files are cut or missing is unfinished."""
-  root = pathlib.Path(root)
+  from ctrjax.data.dataset import fingerprint
+  from ctrjax.train import trainer
+  root, data_fingerprint = pathlib.Path(root), fingerprint(dataset_path)
   wanted = {(v, s): config_fields(with_overrides(config, overrides, s))
             for v, overrides in grid.variants.items() for s in grid.seeds}
 
@@ -113,6 +116,7 @@ def check_finished(config: ml_collections.ConfigDict, grid: Grid,
       fields = "; ".join(f"{k}: {stored.get(k)} there, {want.get(k)} wanted" for k in differing)
       raise UserError(f"{workdir} finished with another config ({fields}); rerun with its config, "
                       "or use another --workdir")
+    trainer.check_same_data(workdir, dataset_path, data_fingerprint)
     return True
 
   for variant, seed, _ in runs(grid, root):

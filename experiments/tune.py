@@ -5,8 +5,9 @@ protocol ``tuned`` (``./run.sh GRID:tuned``): every variant tuned alike, beside 
 A study (``Tuning``) searches the config file's ``get_search_space(arg)`` (configs/common.py) with
 a TPE sampler and a median pruner on the validation AUC of each epoch, in a journal file several
 processes append to under a file lock (optuna's JournalStorage). Its identity is the resolved base
-config (seed included) and the search space: its folder and name are ``study-<digest of both>``,
-so another config or space is another study and never mixes trials. Trial k trains the base config
+config (seed included), the search space and the dataset's content fingerprint: its folder and
+name are ``study-<digest of the three>``, so another config, space or data is another study and
+never mixes trials. Trial k trains the base config
 with its sampled values (and seed TRIAL_SEED, none of the seeds reported) in ``<study>/trial<k>``;
 its value is the validation AUC of its best epoch. Test metrics play no part in the selection.
 
@@ -38,6 +39,7 @@ import tqdm
 from scipy import stats
 
 from configs.common import FULL_SEEDS, Choice, Fixed, Grid, LogUniform, SearchSpace, Uniform, missing_field
+from ctrjax.data.dataset import fingerprint
 from ctrjax.errors import ConfigError, UserError
 from ctrjax.train import trainer
 from experiments import grid as grid_lib
@@ -106,7 +108,8 @@ class Tuning:
   @classmethod
   def create(cls, label: str, base: ml_collections.ConfigDict, space: SearchSpace, root: pathlib.Path,
              dataset_path: pathlib.Path) -> Tuning:
-    identity = {"config": grid_lib.config_fields(base), "space": describe_space(space)}
+    identity = {"config": grid_lib.config_fields(base), "space": describe_space(space),
+                "data_fingerprint": fingerprint(dataset_path)}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
     folder = pathlib.Path(root) / f"study-{digest}"
     folder.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from ctrjax.data import loader
-from ctrjax.data.dataset import Dataset
+from ctrjax.data.dataset import FINGERPRINT_FILE, Dataset, content_digest, fingerprint
 from ctrjax.data.schema import Field, Schema, SchemaError
 from ctrjax.data.writer import DatasetWriter
 
@@ -126,6 +126,23 @@ def test_writer_rejects_out_of_range_id(tmp_path):
   rows["user_id"][7] = 20
   with pytest.raises(SchemaError, match=r"'user_id'.*row 7"):
     DatasetWriter(tmp_path / "c", SCHEMA).append("train", rows)
+
+
+def test_fingerprint_follows_the_content_not_the_prep_time_or_chunking(tmp_path):
+  a = _write(tmp_path / "a")
+  b = _write(tmp_path / "b", chunk=77)
+  stats = json.loads((b / "stats.json").read_text())
+  (b / "stats.json").write_text(json.dumps({**stats, "created": "another time", "command": "another"}))
+  fp = fingerprint(a)
+  assert (a / FINGERPRINT_FILE).read_text().strip() == fp == content_digest(a) == fingerprint(b)
+  (b / FINGERPRINT_FILE).unlink()                       # prepared before fingerprints: computed, stored
+  assert fingerprint(b) == fp and (b / FINGERPRINT_FILE).read_text().strip() == fp
+  label = np.load(b / "train" / "label.npy")
+  label[0] = 1 - label[0]                               # one label of 1,000 flipped, sizes unchanged
+  np.save(b / "train" / "label.npy", label)
+  assert content_digest(b) != fp
+  _write(a, sizes=(999, 130, 77))                       # prepared again in place with other rows
+  assert fingerprint(a) != fp
 
 
 def test_batches_grouped_with_mask(data_dir):

@@ -16,7 +16,9 @@ from scipy import stats
 
 from configs import common
 from data_prep import synthetic
-from ctrjax.errors import UserError
+from ctrjax.data.dataset import fingerprint
+from ctrjax.errors import ConfigError, UserError
+from ctrjax.train import trainer
 from experiments import grid as grid_lib
 from experiments import report, runner, summarize
 
@@ -299,6 +301,28 @@ def test_report_refuses_runs_whose_configs_differ_beyond_variant_and_seed(grid_c
   toy, grid = _toy(grid_config)
   with pytest.raises(UserError, match=r"runs/sum/seed0 and .*/mean/seed1 .*\['optimizer\.learning_rate'\]"):
     report.write_report(grid, root, tmp_path / "results", toy.dataset.path)
+
+
+def test_runs_on_other_data_are_refused_by_the_grid_the_trainer_and_the_report(grid_config, grid_run, tmp_path):
+  root = tmp_path / "runs"
+  shutil.copytree(grid_run, root)
+  config, grid = _toy(grid_config)
+  record = root / "mean" / "seed1" / "data.json"
+  saved = json.loads(record.read_text())
+  assert saved == {"dataset": config.dataset.path, "fingerprint": fingerprint(config.dataset.path)}
+  record.write_text(json.dumps({**saved, "fingerprint": "0" * 16}))   # as if the data was prepared anew
+  before = {p: p.stat().st_mtime_ns for p in root.rglob("result.json")}
+  with pytest.raises(UserError, match=r"runs/mean/seed1 trained on other data: .*fingerprint 0{16}\) there"):
+    _run_in_process(grid_config, root)
+  with pytest.raises(ConfigError, match=r"runs/mean/seed1 trained on other data"):
+    trainer.train_and_evaluate(grid_lib.with_overrides(config, grid.variants["mean"], 1), root / "mean" / "seed1",
+                               config.dataset.path)
+  assert {p: p.stat().st_mtime_ns for p in root.rglob("result.json")} == before    # nothing trained
+  record.write_text(json.dumps(saved))
+  result = root / "sum" / "seed1" / "result.json"
+  result.write_text(json.dumps({**json.loads(result.read_text()), "data_fingerprint": "0" * 16}))
+  with pytest.raises(UserError, match=r"trained on different data \(dataset fingerprints"):
+    report.write_report(grid, root, tmp_path / "results", config.dataset.path)
 
 
 def test_summarize_keeps_runs_of_different_configs_apart(grid_run):

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
+import os
 import pathlib
 
 import numpy as np
@@ -104,3 +106,43 @@ def _load_npy(path: pathlib.Path, what: str = "", mmap_mode: str | None = None) 
     return np.load(path, mmap_mode=mmap_mode)
   except (ValueError, EOFError, OSError) as e:
     raise SchemaError(f"{path}: {what}unreadable .npy ({e})") from None
+
+
+FINGERPRINT_FILE = "fingerprint.txt"
+
+
+def fingerprint(path: str | pathlib.Path) -> str:
+  """A digest of a prepared dataset's content: every file's relative path and bytes except
+  stats.json (its creation time and command differ between identical preps). A run records it
+  (``<workdir>/data.json``), so a run is never resumed, reused or tabled on other data than it
+  trained on, even when a dataset is prepared again in place (an edited spec, another raw_dir).
+
+  The writer stores it in ``fingerprint.txt`` when it writes the directory; a directory prepared
+  before that gets it computed here once and saved (atomically, so concurrent readers agree)."""
+  path = pathlib.Path(path)
+  stored = path / FINGERPRINT_FILE
+  if stored.is_file():
+    return stored.read_text().strip()
+  value = content_digest(path)
+  tmp = path / f".{FINGERPRINT_FILE}.{os.getpid()}"
+  try:
+    tmp.write_text(value + "\n")
+    os.replace(tmp, stored)
+  except OSError:   # a read-only dataset: recomputed on each use
+    tmp.unlink(missing_ok=True)
+  return value
+
+
+def content_digest(path: str | pathlib.Path) -> str:
+  """The ``fingerprint`` of ``path``, computed from its files (16 hex digits of SHA-256)."""
+  path = pathlib.Path(path)
+  h = hashlib.sha256()
+  for f in sorted(p for p in path.rglob("*") if p.is_file()):
+    rel = f.relative_to(path).as_posix()
+    if rel in ("stats.json", FINGERPRINT_FILE) or f.name.startswith("."):
+      continue
+    h.update(rel.encode() + b"\0")
+    with open(f, "rb") as fh:
+      for block in iter(lambda: fh.read(_CHUNK * 8), b""):
+        h.update(block)
+  return h.hexdigest()[:16]

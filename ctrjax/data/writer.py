@@ -3,7 +3,8 @@
 Rows arrive in chunks (``append``); each column of each split goes to a raw temporary file, so
 memory stays bounded by the chunk size whatever the dataset size. ``finalize`` turns the raw files
 into ``.npy`` files (header + streamed copy), writes per-table id counts over the training split,
-the vocabularies, ``schema.json`` and ``stats.json``, then renames the directory into place: a
+the vocabularies, ``schema.json``, ``stats.json`` and the content's ``fingerprint.txt``
+(dataset.fingerprint), then renames the directory into place: a
 directory with ``stats.json`` is complete, a crashed prep leaves only ``<dir>.partial``.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 
 import numpy as np
 
+from ctrjax.data.dataset import FINGERPRINT_FILE, content_digest
 from ctrjax.data.schema import OOV_ID, SPLITS, Field, Schema, SchemaError
 
 NAN_POLICIES = ("error", "zero")
@@ -142,6 +144,7 @@ class DatasetWriter:
         **(stats or {}),
     }
     (self.tmp_dir / "stats.json").write_text(json.dumps(full, indent=1, default=str) + "\n")
+    (self.tmp_dir / FINGERPRINT_FILE).write_text(content_digest(self.tmp_dir) + "\n")
     shutil.rmtree(self.out_dir, ignore_errors=True)
     self.tmp_dir.rename(self.out_dir)
     return self.out_dir

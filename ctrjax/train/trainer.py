@@ -9,7 +9,8 @@ result.json. Each run's bookkeeping is a ``Progress`` (progress.py).
 Fault tolerance: a checkpoint every ``checkpoint_every_steps`` and at each epoch end; a workdir
 that holds one resumes exactly (params, optimizer, step, RNG, data position, early-stopping
 state and the metric history, from which metrics.jsonl is rewritten), from its newest intact
-checkpoint (checkpoint.py). One process at a time trains in a workdir (workdir_lock.py). A loss or
+checkpoint (checkpoint.py), and only on the data it trained on (data.json holds the dataset's
+content fingerprint). One process at a time trains in a workdir (workdir_lock.py). A loss or
 a train state that becomes NaN/Inf stops the run (``TrainingDiverged``) before it is checkpointed,
 and ``Restart`` continues it from its last good checkpoint with other optimiser settings.
 """
@@ -33,7 +34,7 @@ from tensorboardX import SummaryWriter
 
 from ctrjax import metrics as metrics_lib
 from ctrjax.data import loader
-from ctrjax.data.dataset import Dataset
+from ctrjax.data.dataset import Dataset, fingerprint
 from ctrjax.data.filter import IdFrequencyFilter
 from ctrjax.data.packing import BatchLayout
 from ctrjax.data.schema import Schema
@@ -127,6 +128,32 @@ def _check_restartable(saved: dict, current: dict, workdir: pathlib.Path):
                       f"changes the optimizer state's layout")
 
 
+DATA_RECORD = "data.json"
+
+
+def trained_data(workdir: str | os.PathLike) -> dict | None:
+  """``<workdir>/data.json``: {"dataset": its directory, "fingerprint": dataset.fingerprint} of the
+  data the run trains on; None for a run trained before runs recorded it (taken as it is)."""
+  path = pathlib.Path(workdir) / DATA_RECORD
+  if not path.is_file():
+    return None
+  try:
+    return json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise WorkdirFileError(f"{path}: line {e.lineno} does not parse ({e.msg}; cut?)") from None
+
+
+def check_same_data(workdir: str | os.PathLike, dataset_path: str | os.PathLike, data_fingerprint: str) -> None:
+  """Refuses (ConfigError) a workdir whose run trained on other data than ``dataset_path``: the
+  dataset was prepared again with other content (an edited spec, another raw_dir) or another
+  dataset is passed; its config alone would not tell."""
+  saved = trained_data(workdir)
+  if saved and saved["fingerprint"] != data_fingerprint:
+    raise ConfigError(f"{workdir} trained on other data: {saved['dataset']} (fingerprint "
+                      f"{saved['fingerprint']}) there, {dataset_path} (fingerprint {data_fingerprint}) now; "
+                      f"use another --workdir, or delete it to start over")
+
+
 def _is_int(v) -> bool:
   return isinstance(v, int) and not isinstance(v, bool)
 
@@ -218,6 +245,7 @@ class Setup:
     self.config = config
     self.dataset_path = pathlib.Path(dataset_path)
     self.dataset = Dataset(self.dataset_path, validate=config.dataset.validate)
+    self.data_fingerprint = fingerprint(self.dataset_path)
     meta = [f.name for f in self.dataset.schema.group("meta")]
     if config.gauc_group and config.gauc_group not in meta:
       raise ConfigError(f"config.gauc_group={config.gauc_group!r} is not a meta field of "
@@ -379,7 +407,7 @@ class _Run:
 class EpochLoop:
   """The epoch loop of K runs of one config that step together through a ``Program``: one run
   (``train_and_evaluate``) or K vmapped seeds (seeds.py). Run k writes ``workdirs[k]`` as a separate
-  run would (config.json, metrics.jsonl, tb/, checkpoints/, result.json) and resumes from it.
+  run would (config.json, data.json, metrics.jsonl, tb/, checkpoints/, result.json) and resumes from it.
 
   ``run()`` reads top to bottom: resume -> train steps (metrics read back every log step, the loss
   checked for each run at every step) -> at each epoch end validation, early stopping, LR decay on
@@ -426,9 +454,11 @@ class EpochLoop:
   # --- Resume ---------------------------------------------------------------------------------------
   def _resume(self):
     """Restores every run from its newest intact checkpoint (or restarts it), sets the loop's first
-    step, places the batches, and (re)writes each run's config.json and metrics.jsonl."""
+    step, places the batches, and (re)writes each run's config.json, data.json and metrics.jsonl (a
+    run that trained on other data is refused first)."""
     states, rngs, restored = [], [], []
     for run in self.runs:
+      check_same_data(run.workdir, self.setup.dataset_path, self.setup.data_fingerprint)
       state = self.program.init_state(run.seed)
       rng = jax.device_put(jax.random.PRNGKey(run.seed), mesh_lib.replicated(self.setup.mesh))
       step, state, rng = (self._restart_run if self.restart else self._resume_run)(run, state, rng)
@@ -448,6 +478,8 @@ class EpochLoop:
     if self.main:
       for run in self.runs:
         (run.workdir / "config.json").write_text(json.dumps(run.progress.config, indent=1) + "\n")
+        (run.workdir / DATA_RECORD).write_text(json.dumps(
+            {"dataset": str(self.setup.dataset_path), "fingerprint": self.setup.data_fingerprint}) + "\n")
         with open(run.workdir / "metrics.jsonl", "w") as fh:
           fh.writelines(json.dumps(h) + "\n" for h in run.progress.history)
         run.writer = SummaryWriter(str(run.workdir / "tb"))
@@ -668,7 +700,8 @@ def run_result(setup: Setup, seed: int, best_state, progress: Progress, **extra)
   """result.json of a finished run (``progress``: its last): valid and test metrics of its best
   state (``progress.best_step``'s checkpoint), and its facts."""
   return {
-      "model": setup.config.model_name, "dataset": str(setup.dataset_path), "seed": seed,
+      "model": setup.config.model_name, "dataset": str(setup.dataset_path),
+      "data_fingerprint": setup.data_fingerprint, "seed": seed,
       "best_step": progress.best_step, "best_epoch": progress.best_epoch,
       "epochs_run": len(progress.history), "stopped": progress.stopped or "max epochs",
       "restarts": progress.restarts,
@@ -701,6 +734,7 @@ def load_best(workdir: str | os.PathLike, dataset_path: str | os.PathLike):
   config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
   with workdir_lock.reading(workdir):
     setup = Setup(config, dataset_path)
+    check_same_data(workdir, dataset_path, setup.data_fingerprint)
     ckpt = Checkpointer(workdir / "checkpoints")
     try:
       newest = ckpt.newest_progress()
