@@ -60,9 +60,10 @@ def _feed(setup, seeds=None):
 
 
 @functools.cache
-def _trajectory(dataset, num_devices: int, placement: str, k: int, steps: int = 10):
+def _trajectory(dataset, num_devices: int, placement: str, k: int, steps: int = 10,
+                embedding_sharding: str = "replicated"):
   """Losses and final params of ``steps`` train steps, K per call, then one per call to ``steps``."""
-  setup = trainer.Setup(_config(dataset, num_devices=num_devices, steps_per_call=k,
+  setup = trainer.Setup(_config(dataset, num_devices=num_devices, steps_per_call=k, embedding_sharding=embedding_sharding,
                                 **{"loader.placement": placement}), dataset)
   feed, src = _feed(setup)
   state, losses = setup.init_state(src[0]), []
@@ -99,6 +100,16 @@ def test_k_steps_per_call_equal_one_step_per_call(dataset, placement):
   k_losses, k_params = _trajectory(dataset, 4, placement, 3)   # 3 + 3 + 3 + 1 steps
   chex.assert_trees_all_close(k_losses, one_losses, atol=1e-6, rtol=0)
   chex.assert_trees_all_close(k_params, one_params, atol=1e-6, rtol=0)
+
+
+def test_row_sharded_tables_with_device_placement_and_k_steps_per_call_train_as_the_plain_layout(dataset):
+  plain_losses, plain_params = _trajectory(dataset, 4, "host", 1)
+  losses, params = _trajectory(dataset, 4, "device", 3, embedding_sharding="rows")
+  chex.assert_trees_all_close(losses, plain_losses, atol=1e-5, rtol=0)
+  tables = params["embedding"]                     # padded to a multiple of 4 rows: the extra rows cut
+  params = {**params, "embedding": {t: v[:plain_params["embedding"][t].shape[0]] for t, v in tables.items()}}
+  assert any(tables[t].shape != v.shape for t, v in plain_params["embedding"].items())
+  chex.assert_trees_all_close(params, plain_params, atol=1e-5, rtol=0)
 
 
 def test_a_seed_group_on_device_with_k_steps_per_call_equals_its_host_feed(dataset):

@@ -192,11 +192,25 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_train_the_same_model_as_one(dataset, tmp_path):
-  common = ("--config.num_epochs=1", "--config.checkpoint_every_steps=1000")
-  single = _run(dataset, tmp_path / "single", *common,
+_TWO_PROCESS_COMMON = ("--config.num_epochs=1", "--config.checkpoint_every_steps=1000")
+
+
+@pytest.fixture(scope="module")
+def single_process_on_4_devices(dataset, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("one_process") / "single"
+  single = _run(dataset, workdir, *_TWO_PROCESS_COMMON,
                 env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
   assert "devices 4" in single.stdout and "processes 1" in single.stdout
+  return workdir
+
+
+@pytest.mark.parametrize("layout", [
+    (),
+    # each process uploads its devices' rows of the train split, tables row-sharded across processes
+    ("--config.loader.placement=device", "--config.embedding_sharding=rows", "--config.steps_per_call=3"),
+], ids=["host_feed", "device_feed_rows_k3"])
+def test_two_processes_train_the_same_model_as_one(dataset, single_process_on_4_devices, tmp_path, layout):
+  common = (*_TWO_PROCESS_COMMON, *layout)
   port = _free_port()
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
          "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}
@@ -211,11 +225,13 @@ def test_two_processes_train_the_same_model_as_one(dataset, tmp_path):
   for p, (out, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
   assert "devices 4" in outs[0][0] and "processes 2" in outs[0][0]
-  a, b = _metrics(tmp_path / "single"), _metrics(tmp_path / "multi")
+  if layout:
+    assert "loader: placement device" in outs[0][0] and "3 steps per call" in outs[0][0]
+  a, b = _metrics(single_process_on_4_devices), _metrics(tmp_path / "multi")
   assert len(a) == len(b) == 1
   for k in ("train_loss", "valid_auc", "valid_logloss", "valid_gauc"):
     assert a[0][k] == pytest.approx(b[0][k], abs=1e-5), k
-  ra, rb = _result(tmp_path / "single"), _result(tmp_path / "multi")
+  ra, rb = _result(single_process_on_4_devices), _result(tmp_path / "multi")
   for k in ("auc", "logloss"):
     assert ra["test"][k] == pytest.approx(rb["test"][k], abs=1e-5)
 
