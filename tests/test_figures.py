@@ -48,7 +48,10 @@ def test_autoint_figure_maps_are_attention_rows_over_the_test_set(autoint_run, t
 
 
 def test_feseq_figure_maps_its_interaction_fields(tmp_path):
-  run = _train(feseq_config.get_config(), tmp_path / "feseq")
+  config = feseq_config.get_config()
+  config.model.dnn.hidden, config.model.din_hidden, config.model.pooling_dim = (32,), (16,), 16   # small: the
+  config.model.interaction_layers = config.model.target_interaction_layers = 1                     # maps' shape stays
+  run = _train(config, tmp_path / "feseq")
   sample, mean, names, _ = field_attention.attention_maps(run)
   setup, _, _ = trainer.load_best(run, data_prep.prepare_for_workdir(run))
   assert names == setup.model.interaction_fields() and len(names) > 2
