@@ -52,6 +52,30 @@ class Grid:
     if self.relaimpr_metric not in ("auc", "gauc"):
       raise ValueError(f"grid {self.name!r}: relaimpr_metric={self.relaimpr_metric!r}; 'auc' or 'gauc'")
 
+  def select(self, names: list[str]) -> tuple[str, ...]:
+    """The variants ``names`` stand for (each a variant or a section's name, e.g. 'DIN Table 3'),
+    with the reference, in the grid's order; an unknown name is a ValueError with a did-you-mean."""
+    chosen = {self.reference}
+    for name in names:
+      if name in self.sections:
+        chosen.update(self.sections[name])
+      elif name in self.variants:
+        chosen.add(name)
+      else:
+        close = difflib.get_close_matches(name, [*self.variants, *self.sections], n=2)
+        raise ValueError(f"--variants: grid {self.name!r} has no variant or section {name!r}"
+                         + (f"; did you mean {' or '.join(map(repr, close))}?" if close else
+                            f"; its variants: {', '.join(self.variants)}; sections: {', '.join(map(repr, self.sections))}"))
+    return tuple(v for v in self.variants if v in chosen)
+
+  def restricted(self, variants: tuple[str, ...]) -> Grid:
+    """This grid with the variants ``variants`` only (``select``'s), its sections, curves and
+    attention figure cut to them."""
+    sections = {name: kept for name, vs in self.sections.items() if (kept := tuple(v for v in vs if v in variants))}
+    return dataclasses.replace(self, variants={v: o for v, o in self.variants.items() if v in variants},
+                               sections=sections, curves=tuple(v for v in self.curves if v in variants),
+                               attention=self.attention if self.attention and self.attention[0] in variants else None)
+
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.FrozenConfigDict:
   """A config's comma-separated argument -> its values: ``defaults`` updated by the tokens.

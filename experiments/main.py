@@ -43,6 +43,10 @@ _FRESH_OPTIMIZER = flags.DEFINE_bool(
 _TRIALS = flags.DEFINE_integer(
     "trials", None, f"tune, or a grid's protocol 'tuned': trials per study (default {tune.DEFAULT_TRIALS} for "
     f"tune, {common.TUNED_TRIALS} per variant for 'tuned').")
+_VARIANTS = flags.DEFINE_list(
+    "variants", None, "A grid: train only these variants (names, or a section's name such as 'DIN Table 3'; "
+    "the reference is always trained); the report covers every finished variant, the protocol 'tuned' "
+    "its table these.")
 _TIMEOUT = flags.DEFINE_float(
     "timeout", None, "tune, or a grid's protocol 'tuned': start no trial after this many seconds; the best "
     "is then chosen among the finished trials.")
@@ -111,6 +115,9 @@ def main(argv):
   if command == "tune" and grid is not None:
     raise UserError(f"tune: {config_arg} is a grid; tune each variant with its protocol 'tuned': "
                     f"./run.sh {config_arg.partition(':')[0]}:tuned[,...]")
+  if _VARIANTS.value is not None and (grid is None or command != "run"):
+    raise UserError("--variants: only for running a grid (./run.sh GRID_CONFIG --variants=...)")
+  only = grid.select(_VARIANTS.value) if _VARIANTS.value is not None else None
   tuning = command == "tune" or (grid is not None and grid.tuned)
   for flag in (_TRIALS, _TIMEOUT):
     if flag.value is not None and not tuning:
@@ -154,9 +161,9 @@ def main(argv):
                                                       module.get_config(paper_arg), explicit_workdir)
     tune.tune_grid(config, grid, root, results, (paper_grid, paper_root, paper_results),
                    common.search_space(module, arg), dataset_path, _TRIALS.value or common.TUNED_TRIALS,
-                   _TIMEOUT.value, _command(command))
+                   _TIMEOUT.value, _command(command), only)
     return
-  runner.run_grid(config, grid, root, results, dataset_path)
+  runner.run_grid(config, grid, root, results, dataset_path, only)
 
 
 def _command(command: str) -> str:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import fcntl
 import pathlib
 import time
+from collections.abc import Collection
 from typing import Callable, NamedTuple
 
 import ml_collections
@@ -34,9 +35,11 @@ from experiments.report import write_report
 
 
 def run_grid(config: ml_collections.ConfigDict, grid: Grid, root: pathlib.Path,
-             results_dir: pathlib.Path, dataset_path: pathlib.Path) -> list[dict]:
-  """Trains every (variant, seed) not finished yet, then writes the table and figures. With
-  ``config.seeds_in_parallel`` a variant's unfinished seeds train together (ctrjax/train/seeds.py).
+             results_dir: pathlib.Path, dataset_path: pathlib.Path,
+             only: Collection[str] | None = None) -> list[dict]:
+  """Trains every (variant, seed) not finished yet (of the variants ``only``, if given: ``--variants``),
+  then writes the table and figures of every finished variant. With ``config.seeds_in_parallel`` a
+  variant's unfinished seeds train together (ctrjax/train/seeds.py).
 
   Several workers may run the same grid at once (the same command started again, on this machine
   or on hosts sharing the filesystem): each run is claimed with a lock, so a worker takes the runs
@@ -44,19 +47,20 @@ def run_grid(config: ml_collections.ConfigDict, grid: Grid, root: pathlib.Path,
   root, results_dir = pathlib.Path(root), pathlib.Path(results_dir)
   if config.seeds_in_parallel:
     return _run_grid_seeds_in_parallel(config, grid, root, results_dir, dataset_path,
-                                       check_finished(config, grid, root, dataset_path))
-  _work_through(grid_jobs(config, grid, root, dataset_path))
+                                       check_finished(config, grid, root, dataset_path), only)
+  _work_through(grid_jobs(config, grid, root, dataset_path, only=only))
   return _report(grid, root, results_dir, dataset_path)
 
 
 def grid_jobs(config: ml_collections.ConfigDict, grid: Grid, root: pathlib.Path, dataset_path: pathlib.Path,
-              tag: str = "") -> list[_Job]:
-  """One job per (variant, seed) of ``grid`` under ``root``, claimed by its lock file and done when
+              tag: str = "", only: Collection[str] | None = None) -> list[_Job]:
+  """One job per (variant, seed) of ``grid`` under ``root`` (of the variants ``only``, if given),
+  claimed by its lock file and done when
   its run finished with the config the grid wants (``check_finished``); ``tag`` prefixes the
   variant in the progress lines (experiments/tune.py names its study)."""
   from ctrjax.train import trainer
   finished = check_finished(config, grid, root, dataset_path)
-  todo = runs(grid, root)
+  todo = [run for run in runs(grid, root) if only is None or run[0] in only]
   jobs = []
   for i, (variant, seed, workdir) in enumerate(todo, 1):
     def train(variant=variant, seed=seed, workdir=workdir):
@@ -68,10 +72,12 @@ def grid_jobs(config: ml_collections.ConfigDict, grid: Grid, root: pathlib.Path,
 
 
 def _run_grid_seeds_in_parallel(config, grid: Grid, root: pathlib.Path, results_dir: pathlib.Path,
-                                dataset_path: pathlib.Path, finished: Callable[[str, int], bool]):
+                                dataset_path: pathlib.Path, finished: Callable[[str, int], bool],
+                                only: Collection[str] | None):
   from ctrjax.train import seeds as seeds_lib
   jobs = []
-  for i, variant in enumerate(grid.variants, 1):
+  chosen = [v for v in grid.variants if only is None or v in only]
+  for i, variant in enumerate(chosen, 1):
     workdirs = {s: workdir_of(root, variant, s) for s in grid.seeds}
     pending = lambda variant=variant: [s for s in grid.seeds if not finished(variant, s)]
 
@@ -80,7 +86,7 @@ def _run_grid_seeds_in_parallel(config, grid: Grid, root: pathlib.Path, results_
       _note_cut_files([workdirs[s] for s in todo])
       seeds_lib.train_seeds(with_overrides(config, grid.variants[variant], todo[0]), todo,
                             [workdirs[s] for s in todo], dataset_path)
-    jobs.append(_Job(f"[{i}/{len(grid.variants)}] {variant}", root / f".{variant}.lock",
+    jobs.append(_Job(f"[{i}/{len(chosen)}] {variant}", root / f".{variant}.lock",
                      lambda pending=pending: not pending(),
                      lambda v=variant, pending=pending: f"seeds {pending()} in one program under {root / v}",
                      train))

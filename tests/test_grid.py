@@ -325,6 +325,31 @@ def test_runs_on_other_data_are_refused_by_the_grid_the_trainer_and_the_report(g
     report.write_report(grid, root, tmp_path / "results", config.dataset.path)
 
 
+def test_variants_restricts_the_training_and_the_report_covers_every_finished_variant(grid_config, grid_run,
+                                                                                       tmp_path):
+  _, grid = _toy(grid_config)
+  assert grid.select(["mean"]) == ("sum", "mean") and grid.select([]) == ("sum",)       # the reference too
+  assert grid.select(["Pooling"]) == ("sum", "mean")                                    # a section's name
+  with pytest.raises(ValueError, match=r"no variant or section 'maen'; did you mean 'mean'\?"):
+    grid.select(["maen"])
+  narrow = grid.restricted(("sum",))
+  assert list(narrow.variants) == ["sum"] and narrow.sections == {"Pooling": ("sum",)} and narrow.curves == ("sum",)
+  root = tmp_path / "runs"
+  shutil.copytree(grid_run, root)
+  shutil.rmtree(root / "sum" / "seed1")
+  shutil.rmtree(root / "mean" / "seed0")
+  config, _ = _toy(grid_config)
+  runner.run_grid(config, grid, root, tmp_path / "results", config.dataset.path, only=grid.select(["sum"]))
+  assert (root / "sum" / "seed1" / "result.json").is_file() and not (root / "mean" / "seed0").exists()
+  markdown = (tmp_path / "results" / "table.md").read_text()
+  assert "Not finished yet, so not in the tables: mean." in markdown
+  proc = subprocess.run([sys.executable, "-m", "experiments.main", "run", f"--config={grid_config}",
+                         f"--workdir={root}", "--variants=sum,avg"], cwd=tmp_path, capture_output=True, text=True,
+                        env={**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}, timeout=300)
+  assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
+  assert "--variants: grid 'toy_grid' has no variant or section 'avg'" in proc.stderr
+
+
 def test_summarize_keeps_runs_of_different_configs_apart(grid_run):
   table = summarize.summarize([grid_run / v / f"seed{s}" for v in ("sum", "mean") for s in (0, 1)])
   rows = table.splitlines()[2:]

@@ -158,9 +158,13 @@ def test_two_workers_share_one_study(tune_config, tmp_path):
 
 def test_tuned_grid_writes_paper_and_tuned_rows_side_by_side(grid_config, tmp_path):
   work = tmp_path / "w"
-  proc = _run("run", f"{grid_config}:tuned", work, "--trials", "1")
+  proc = _run("run", f"{grid_config}:tuned", work, "--trials", "1", "--variants=base")   # the reference alone
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = work / "results" / "toy_grid_tuned" / "ds"
+  markdown = (results / "table.md").read_text()
+  assert "| base | tuned | 2 |" in markdown and "| lr |" not in markdown and not (work / "lr").exists()
+  proc = _run("run", f"{grid_config}:tuned", work, "--trials", "1")                   # then every variant
+  assert proc.returncode == 0, proc.stderr[-3000:]
   markdown = (results / "table.md").read_text()
   for variant in ("base", "lr"):
     for setting in ("paper", "tuned"):
