@@ -19,7 +19,7 @@ import sys
 
 from scipy import stats
 
-from configs.common import FULL_SEEDS, PROTOCOLS
+from configs.common import FULL_SEEDS, PROTOCOLS, TUNED
 from experiments.grid import METRICS
 
 ALPHA = 0.05
@@ -209,18 +209,21 @@ class Table:
 def grid_and_protocol(folder: str) -> tuple[str, str]:
   """'ablation_mian_quick' -> ('ablation_mian', 'quick'); a folder without a protocol suffix is the
   full protocol (configs/common.py grid_identity names the folders)."""
-  for protocol in PROTOCOLS:
+  for protocol in (*PROTOCOLS, TUNED):
     if folder.endswith(f"_{protocol}"):
       return folder[:-len(protocol) - 1], protocol
   return folder, FULL_PROTOCOL
 
 
 def read_tables(results: pathlib.Path) -> list[Table]:
-  """Every results/<folder>/<dataset>/table.csv, sorted by folder and dataset."""
+  """Every results/<folder>/<dataset>/table.csv, sorted by folder and dataset. Of a table of the
+  protocol 'tuned' (experiments/tune.py: a paper and a tuned row per variant) the tuned rows: the
+  paper rows are the ordinary grid's, checked on its own table."""
   tables = []
   for path in sorted(pathlib.Path(results).glob("*/*/table.csv")):
     with open(path, newline="") as fh:
-      rows = {r["variant"]: {k: float(v) for k, v in r.items() if k != "variant"} for r in csv.DictReader(fh)}
+      rows = {r["variant"]: {k: float(v) for k, v in r.items() if k not in ("variant", "setting")}
+              for r in csv.DictReader(fh) if r.get("setting", TUNED) == TUNED}
     tables.append(Table(path.parent.parent.name, path.parent.name, rows))
   return tables
 
@@ -278,7 +281,9 @@ def _protocols_text() -> str:
   full = f"`{FULL_PROTOCOL}` = the grid's own schedule with early stopping, {len(FULL_SEEDS)} seeds"
   others = [f"`{name}` = {len(seeds)} seeds, at most {epochs} epoch{'s' if epochs > 1 else ''}"
             for name, (seeds, epochs) in PROTOCOLS.items()]
-  return "; ".join([full, *others])
+  tuned = (f"`{TUNED}` = each variant's best setting of its own study (selected on validation AUC; "
+           f"docs/tuning.md), {len(FULL_SEEDS)} seeds with early stopping")
+  return "; ".join([full, *others, tuned])
 
 
 def ledger(checks: list[Check], unchecked: list[Claim]) -> str:

@@ -74,6 +74,24 @@ def test_delta_p_and_verdicts(results):
   assert got[TOY_CLAIMS[0], "toy"].table.protocol == ledger.FULL_PROTOCOL
 
 
+def test_a_tuned_table_is_checked_on_its_tuned_rows(tmp_path):
+  _write_table(tmp_path / "toy_tuned" / "ds_c", SEEDS)
+  path = tmp_path / "toy_tuned" / "ds_c" / "table.csv"
+  with open(path, newline="") as fh:
+    tuned = list(csv.DictReader(fh))
+  paper = [{**row, "auc_mean": 1 - float(row["auc_mean"])} for row in tuned]   # paper rows: the order reversed
+  with open(path, "w", newline="") as fh:
+    writer = csv.DictWriter(fh, fieldnames=["setting", *tuned[0], "delta_vs_paper"])
+    writer.writeheader()
+    writer.writerows([{"setting": "paper", **r, "delta_vs_paper": "nan"} for r in paper]
+                     + [{"setting": "tuned", **r, "delta_vs_paper": "0.01"} for r in tuned])
+  table, = ledger.read_tables(tmp_path)
+  assert (table.grid, table.protocol) == ("toy", "tuned")
+  assert table.rows["better"]["auc_mean"] == pytest.approx(np.mean(SEEDS["better"][0]))
+  checks, _ = ledger.check_all(TOY_CLAIMS[:3], [table])
+  assert [c.verdict for c in checks] == [ledger.REPRODUCED, ledger.OPPOSITE, ledger.NOT_SIGNIFICANT]
+
+
 def test_written_ledger(results):
   path = ledger.write_ledger(results, TOY_CLAIMS)
   text = path.read_text()
