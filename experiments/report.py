@@ -162,6 +162,7 @@ def write_report(grid: Grid, root: pathlib.Path, results_dir: pathlib.Path,
                     f"{key.upper()} attention, {variant}, seed {grid.seeds[0]}: 14 random test samples")
   if grid.factorial:
     factorial.figure(results_dir)
+    factorial.contrasts(results_dir, grid.reference)
   print(f"wrote {results_dir}/table.md, table.csv and figures", flush=True)
   return rows
 

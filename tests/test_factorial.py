@@ -1,8 +1,10 @@
-"""configs/mian_factorial.py's design and experiments/factorial.py's interaction plot."""
+"""configs/mian_factorial.py's design and experiments/factorial.py's interaction plot and contrasts."""
 import csv
 import itertools
 
+import numpy as np
 import pytest
+from scipy import stats
 
 from configs import mian_factorial
 from experiments import factorial
@@ -33,3 +35,19 @@ def test_interaction_plot_reads_every_variant(tmp_path):
   (tmp_path / "table.csv").write_text("variant,auc_mean,auc_std\nfull,0.7,0.01\n")
   with pytest.raises(ValueError, match="'full' is not three factor levels"):
     factorial.read_levels(tmp_path / "table.csv")
+
+
+def test_contrasts_change_one_factor_and_match_welch_on_the_seeds(tmp_path):
+  rng = np.random.default_rng(0)
+  seeds = {name: 0.7 + i / 200 + rng.normal(0, 0.005, 5) for i, name in enumerate(mian_factorial.variants())}
+  with open(tmp_path / "table.csv", "w", newline="") as fh:
+    writer = csv.DictWriter(fh, ["variant", "seeds", "auc_mean", "auc_std"])
+    writer.writeheader()
+    for name, auc in seeds.items():
+      writer.writerow({"variant": name, "seeds": 5, "auc_mean": auc.mean(), "auc_std": auc.std(ddof=1)})
+  text = factorial.contrasts(tmp_path, mian_factorial.REFERENCE).read_text()
+  a, b = seeds["mlp200_80-gim_off-none"], seeds["mlp200_80-gim_off-full"]      # behaviour changed, rest fixed
+  p = stats.ttest_ind(a, b, equal_var=False).pvalue
+  row = next(line for line in text.split("## full →")[1].splitlines() if line.startswith("| mlp200_80, gim_off |"))
+  assert row.split(" | ")[-1].startswith(f"{a.mean() - b.mean():+.4f} (p {p:.2g}")
+  assert "of these 46 contrasts" in text        # 12 (MLP) + 2 x 8 (GIM) + 3 x 6 (behaviour)
