@@ -37,6 +37,11 @@ def read_levels(table_csv: pathlib.Path, with_seeds: bool = False) -> dict[tuple
   return out
 
 
+def _variant(fixed: dict[int, str], factor: int, level: str) -> tuple[str, ...]:
+  """The three levels of the variant with ``level`` for ``factor`` and ``fixed`` (factor -> level) for the others."""
+  return tuple(level if i == factor else fixed[i] for i in range(3))
+
+
 def contrasts(results_dir: str | pathlib.Path, reference: str | None = None) -> pathlib.Path:
   """contrasts.md beside the table: every level of each factor against ``reference``'s level of it
   (default: the table's first variant), at each combination of the other two factors' levels."""
@@ -53,16 +58,14 @@ def contrasts(results_dir: str | pathlib.Path, reference: str | None = None) -> 
              f"| {', '.join('factor ' + str(i + 1) for i in others)} | " + " | ".join(changed) + " |",
              "|" + "---|" * (1 + len(changed))]
     for fixed in itertools.product(*(levels[i] for i in others)):
-      def key(level, fixed=fixed):
-        k = [None] * 3
-        k[factor], k[others[0]], k[others[1]] = level, *fixed
-        return tuple(k)
+      at = dict(zip(others, fixed))
+      reference_key = _variant(at, factor, base[factor])
       cells = []
       for level in changed:
-        if key(level) not in auc or key(base[factor]) not in auc:
+        if _variant(at, factor, level) not in auc or reference_key not in auc:
           cells.append("—")
           continue
-        (ma, sa, na), (mb, sb, nb) = auc[key(level)], auc[key(base[factor])]
+        (ma, sa, na), (mb, sb, nb) = auc[_variant(at, factor, level)], auc[reference_key]
         p = float(stats.ttest_ind_from_stats(ma, sa, na, mb, sb, nb, equal_var=False).pvalue)
         count += 1
         cells.append(f"{ma - mb:+.4f} (p {p:.2g}{' *' if p < ALPHA else ''})")

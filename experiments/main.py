@@ -159,9 +159,9 @@ def main(argv):
     paper_grid = module.get_grid(paper_arg)
     paper_root, paper_results, _ = grid_lib.grid_dirs(paper_grid, paper_config_arg, config,
                                                       module.get_config(paper_arg), explicit_workdir)
-    tune.tune_grid(config, grid, root, results, (paper_grid, paper_root, paper_results),
-                   common.search_space(module, arg), dataset_path, _TRIALS.value or common.TUNED_TRIALS,
-                   _TIMEOUT.value, _command(command), only)
+    tune.tune_grid(config, grid.restricted(only) if only else grid, root, results,
+                   (paper_grid, paper_root, paper_results), common.search_space(module, arg), dataset_path,
+                   _TRIALS.value or common.TUNED_TRIALS, _TIMEOUT.value, _command(command))
     return
   runner.run_grid(config, grid, root, results, dataset_path, only)
 

@@ -444,16 +444,15 @@ def tune_config(label: str, config: ml_collections.ConfigDict, space: SearchSpac
 
 def tune_grid(config: ml_collections.ConfigDict, grid: Grid, root: pathlib.Path, results_dir: pathlib.Path,
               paper: tuple[Grid, pathlib.Path, pathlib.Path], space: SearchSpace, dataset_path: pathlib.Path,
-              trials: int, timeout: float | None, command: str, only: Collection[str] | None = None) -> list[dict]:
-  """The grid protocol 'tuned': the grid's ordinary runs (``paper``: its grid, run root and results
-  directory; runner.run_grid), then for every variant (of ``only``, if given: ``--variants``) a
-  study of ``trials`` trials over ``space``
+              trials: int, timeout: float | None, command: str) -> list[dict]:
+  """The grid protocol 'tuned': the grid's ordinary runs of ``grid``'s variants (``paper``: the
+  ordinary grid, its run root and results directory; runner.run_grid; ``grid`` may be restricted
+  to some variants: ``--variants``), then for every variant a study of ``trials`` trials over ``space``
   less the keys its config lacks (under ``root/<variant>/``), each best setting's seeds, each
   study's outputs in ``results_dir/<variant>/`` and the side-by-side table in ``results_dir``."""
   paper_grid, paper_root, paper_results = paper
-  runner.run_grid(config, paper_grid, paper_root, paper_results, dataset_path, only)
-  bases = {v: grid_lib.with_overrides(config, overrides, config.seed) for v, overrides in grid.variants.items()
-           if only is None or v in only}
+  runner.run_grid(config, paper_grid, paper_root, paper_results, dataset_path, only=tuple(grid.variants))
+  bases = {v: grid_lib.with_overrides(config, overrides, config.seed) for v, overrides in grid.variants.items()}
   kept = {v: split_space(base, space, grid.variants[v]) for v, base in bases.items()}
   lacking = lambda key, dropped: dropped.get(key, "").startswith("its config")
   nowhere = [k for k in space if all(lacking(k, dropped) for _, dropped in kept.values())]
@@ -474,9 +473,9 @@ def tune_grid(config: ml_collections.ConfigDict, grid: Grid, root: pathlib.Path,
     for variant, tuning in tunings.items():
       tuning.write_outputs(results_dir / variant, command, grid.seeds)
     paper_runs = {v: [grid_lib.load_run(w) for w in (grid_lib.workdir_of(paper_root, v, s) for s in paper_grid.seeds)]
-                  for v in paper_grid.variants if v in tunings}
+                  for v in grid.variants}
     tuned_runs = {v: runs for v, tuning in tunings.items() if (runs := tuning.seed_runs(grid.seeds))}
-    return write_side_by_side(grid if only is None else grid.restricted(tuple(tunings)), paper_runs, tuned_runs, tunings, space,
+    return write_side_by_side(grid, paper_runs, tuned_runs, tunings, space,
                               {v: d for v, (_, d) in kept.items() if d}, results_dir, trials, paper_results,
                               command)
 
