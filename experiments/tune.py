@@ -506,8 +506,27 @@ def write_side_by_side(grid: Grid, paper_runs: dict[str, list[dict]], tuned_runs
     writer.writerows(rows)
   (results_dir / "table.md").write_text(_side_by_side_markdown(grid, rows, tunings, space, dropped, results_dir,
                                                                trials, paper_results, command))
-  print(f"wrote {results_dir}/table.md and table.csv", flush=True)
+  _plot_side_by_side(grid, rows, results_dir / "paper_vs_tuned.png", f"{grid.name} on {results_dir.name}")
+  print(f"wrote {results_dir}/table.md, table.csv and paper_vs_tuned.png", flush=True)
   return rows
+
+
+def _plot_side_by_side(grid: Grid, rows: list[dict], path: pathlib.Path, title: str) -> None:
+  """Test AUC (mean ± std over seeds) of each variant in the paper setting and tuned, side by side."""
+  by_key = {(r["variant"], r["setting"]): r for r in rows}
+  order = [v for v in grid.variants if (v, "paper") in by_key or (v, "tuned") in by_key]
+  fig, ax = plt.subplots(figsize=(max(7, 1.1 * len(order) + 2), 4.2))
+  for offset, setting, color in ((-0.15, "paper", "tab:gray"), (0.15, "tuned", "tab:blue")):
+    shown = [(i, by_key[v, setting]) for i, v in enumerate(order) if (v, setting) in by_key]
+    ax.errorbar([i + offset for i, _ in shown], [r["auc_mean"] for _, r in shown], yerr=[r["auc_std"] for _, r in shown],
+                fmt="o", capsize=4, color=color, label=setting)
+  ax.set_xticks(range(len(order)), order, rotation=30, ha="right")
+  ax.set_ylabel("test AUC")
+  ax.set_title(f"{title}: paper setting vs tuned, mean ± std over {len(grid.seeds)} seeds", fontsize=10)
+  ax.grid(axis="y", alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  save_figure(fig, path)
 
 
 def _side_by_side_markdown(grid, rows, tunings, space, dropped, results_dir, trials, paper_results, command) -> str:

@@ -172,6 +172,7 @@ def test_tuned_grid_writes_paper_and_tuned_rows_side_by_side(grid_config, tmp_pa
     assert (results / variant / "trials.csv").is_file() and (results / variant / "best.json").is_file()
   assert "lr: not searched: `model.dnn.hidden` (its config has no such field)" in markdown
   assert (work / "results" / "toy_grid" / "ds" / "table.md").is_file()             # the paper grid's report
+  assert (results / "paper_vs_tuned.png").stat().st_size > 0
   rows = {(r["variant"], r["setting"]): r for r in csv.DictReader(open(results / "table.csv"))}
   best = json.loads((results / "lr" / "best.json").read_text())
   assert "model.dnn.hidden" not in best["params"]
