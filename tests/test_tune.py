@@ -46,7 +46,8 @@ GRID = '''
 def get_grid(arg=None):
   a = parse_grid_arg(arg, ("toy",))
   return Grid(**{{**grid_identity("toy_grid", a), "seeds": (0, 1)}}, reference="base",
-              variants={{"base": {{}}, "lr": {{"model_name": "lr", "model": default_config("lr").to_dict()}}}})
+              variants={{"base": {{}}, "lr": {{"model_name": "lr", "model": default_config("lr").to_dict()}}}},
+              sections={{"Models": ("base", "lr"), "Reference": ("base",)}})
 '''
 
 
@@ -163,6 +164,7 @@ def test_tuned_grid_writes_paper_and_tuned_rows_side_by_side(grid_config, tmp_pa
   results = work / "results" / "toy_grid_tuned" / "ds"
   markdown = (results / "table.md").read_text()
   assert "| base | tuned | 2 |" in markdown and "| lr |" not in markdown and not (work / "lr").exists()
+  assert "## Models" in markdown                                     # nothing compared yet: every section
   proc = _run("run", f"{grid_config}:tuned", work, "--trials", "1")                   # then every variant
   assert proc.returncode == 0, proc.stderr[-3000:]
   markdown = (results / "table.md").read_text()
@@ -170,6 +172,7 @@ def test_tuned_grid_writes_paper_and_tuned_rows_side_by_side(grid_config, tmp_pa
     for setting in ("paper", "tuned"):
       assert f"| {variant} | {setting} | 2 |" in markdown
     assert (results / variant / "trials.csv").is_file() and (results / variant / "best.json").is_file()
+  assert "## Models" in markdown and "## Reference" not in markdown   # the reference alone: a repeat
   assert "lr: not searched: `model.dnn.hidden` (its config has no such field)" in markdown
   assert (work / "results" / "toy_grid" / "ds" / "table.md").is_file()             # the paper grid's report
   assert (results / "paper_vs_tuned.png").stat().st_size > 0
