@@ -68,6 +68,14 @@ class Grid:
                             f"; its variants: {', '.join(self.variants)}; sections: {', '.join(map(repr, self.sections))}"))
     return tuple(v for v in self.variants if v in chosen)
 
+  def comparing_sections(self, present) -> dict[str, tuple[str, ...]]:
+    """The sections (the whole grid as one unnamed section when it has none), each cut to the
+    variants in ``present``, that hold a variant besides the reference: a section of the reference
+    alone compares nothing, it only repeats the reference's rows (reports leave it out)."""
+    sections = self.sections or {"": tuple(self.variants)}
+    cut = {name: tuple(v for v in vs if v in present) for name, vs in sections.items()}
+    return {name: vs for name, vs in cut.items() if set(vs) - {self.reference}}
+
   def restricted(self, variants: tuple[str, ...]) -> Grid:
     """This grid with the variants ``variants`` only (``select``'s), its sections, curves and
     attention figure cut to them."""

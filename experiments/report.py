@@ -107,7 +107,6 @@ def _pm(row: dict, metric: str) -> str:
 
 def _markdown(grid: Grid, rows: list[dict], title: str) -> str:
   by_name = {r["variant"]: r for r in rows}
-  sections = grid.sections or {"": tuple(by_name)}
   pending = [v for v in grid.variants if v not in by_name]
   head = ("| variant | seeds | test AUC | test GAUC | test logloss | Δ AUC | p (Welch, AUC) "
           f"| RelaImpr ({grid.relaimpr_metric.upper()}) | s/epoch | compile s | params (excl. emb.) | best epoch |")
@@ -115,10 +114,7 @@ def _markdown(grid: Grid, rows: list[dict], title: str) -> str:
            f"Mean ± std over seeds; Δ, p and RelaImpr against `{grid.reference}`. p < 0.05 marked *.", ""]
   if pending:
     lines += [f"Not finished yet, so not in the tables: {', '.join(pending)}.", ""]
-  for section, variants in sections.items():
-    variants = [v for v in variants if v in by_name]
-    if all(v == grid.reference for v in variants):      # nothing finished to compare with yet
-      continue
+  for section, variants in grid.comparing_sections(by_name).items():   # only finished variants
     if section:
       lines += [f"## {section}", ""]
     lines += [head, "|" + "---|" * 12]

@@ -543,10 +543,9 @@ def _side_by_side_markdown(grid, rows, tunings, space, dropped, results_dir, tri
   pending = [v for v in grid.variants if (v, "tuned") not in by_key]
   if pending:
     lines += [f"No tuned seeds (no complete trial): {', '.join(pending)}.", ""]
-  sections = grid.sections or {"": tuple(grid.variants)}
   present = {v for v, _ in by_key}
-  comparing = {s: vs for s, vs in sections.items() if set(vs) & present - {grid.reference}}
-  for section, variants in (comparing or sections).items():    # a section of the reference alone repeats it
+  # nothing compared yet (the reference alone): every section, its tuned row against its paper row
+  for section, variants in (grid.comparing_sections(present) or grid.sections or {"": tuple(grid.variants)}).items():
     if section:
       lines += [f"## {section}", ""]
     rank = {}
